@@ -1,0 +1,42 @@
+"""The exceptions anonshm raises.
+
+The tree::
+
+    Exception
+     └── AnonShmError                   every error anonshm raises itself
+          ├── TokenError (ValueError)    a token, descriptor or handoff message is not
+          │                              an anonymous memory that may be imported
+          └── InheritError (LookupError) no usable inherited memory of that name
+                                         (absent, or NSPR_INHERIT_FDS malformed)
+
+Errors from the kernel are not wrapped: they pass through as ``OSError`` (with the
+errno the kernel gave), chained from when anonshm adds context.  Bad arguments are the
+usual ``TypeError`` / ``ValueError``; a map that the memory's protection does not
+allow is a ``PermissionError``.  All of these pickle, so they can cross a process
+boundary (a multiprocessing pool re-raises them in the parent).
+"""
+
+from __future__ import annotations
+
+__all__ = ["AnonShmError", "InheritError", "TokenError"]
+
+
+class AnonShmError(Exception):
+    """Base class of the errors that anonshm raises itself."""
+
+
+class TokenError(AnonShmError, ValueError):
+    """An exported token, or a descriptor handed over, cannot be imported.
+
+    Raised for a malformed token, a descriptor that is not open, one that is not an
+    anonymous shared memory (a pipe, a socket, a named file, ...), or a protection that
+    asks more than the descriptor allows.  The message says which.
+    """
+
+
+class InheritError(AnonShmError, LookupError):
+    """No inherited memory of the asked name can be used.
+
+    Raised when ``NSPR_INHERIT_FDS`` is absent, malformed, lacks the name, or names a
+    descriptor that is not an anonymous shared memory.  The message says which.
+    """

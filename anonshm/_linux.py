@@ -1,0 +1,113 @@
+"""Linux system calls: memfd_create, seals, O_TMPFILE and /proc.
+
+This module only makes system calls; checks and bookkeeping live in ``_memory``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import secrets
+from typing import Final
+
+__all__ = [
+    "create",
+    "freeze",
+    "kernel_name",
+    "reopen_readonly",
+    "seals",
+]
+
+MFD_NOEXEC_SEAL: Final = 0x0008  # Linux >= 6.3; Python 3.11's os module lacks it
+F_SEAL_FUTURE_WRITE: Final = 0x0010  # Linux >= 5.1; Python 3.11's fcntl lacks it
+FIXED_SIZE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+FREEZE_SEALS: Final = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+_MEMFD_PREFIX: Final = "/memfd:"
+_DELETED_SUFFIX: Final = " (deleted)"
+_NAMED_TRIES: Final = 20  # NSPR's own bound on the names it tries
+
+# Cleared the first time the kernel refuses MFD_NOEXEC_SEAL (EINVAL before 6.3).
+_memfd_flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL
+
+
+def create(name: str, size: int, directory: str | None, reserve: bool) -> int:
+    """A new read-write descriptor of ``size`` zero bytes that no path leads to."""
+    fd = _memfd(name) if directory is None else _tmpfile(directory)
+    try:
+        os.ftruncate(fd, size)
+        if reserve:
+            # Allocates every page now: ENOSPC here instead of SIGBUS on a later write.
+            os.posix_fallocate(fd, 0, size)
+        if directory is None:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FIXED_SIZE_SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _memfd(name: str) -> int:
+    global _memfd_flags
+    try:
+        return os.memfd_create(name, _memfd_flags)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL or not _memfd_flags & MFD_NOEXEC_SEAL:
+            raise
+    _memfd_flags &= ~MFD_NOEXEC_SEAL
+    return os.memfd_create(name, _memfd_flags)
+
+
+def _tmpfile(directory: str) -> int:
+    try:
+        # O_EXCL: the file can never be linked into the filesystem afterwards.
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        # EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(_NAMED_TRIES):
+        path = os.path.join(directory, f".anonshm-{secrets.token_hex(12)}")
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            continue
+        try:
+            os.unlink(path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    raise FileExistsError(errno.EEXIST, "no free name for a backing file", directory)
+
+
+def seals(fd: int) -> int:
+    """The seals of ``fd``'s file; 0 for files that cannot be sealed."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # not a memfd (a file on disk or tmpfs)
+            return 0
+        raise
+
+
+def freeze(fd: int) -> None:
+    """Seal ``fd``'s file against every new write; maps already writable keep working."""
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FREEZE_SEALS)
+
+
+def reopen_readonly(fd: int) -> int:
+    """A new read-only descriptor of the open file behind ``fd``."""
+    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def kernel_name(fd: int) -> str | None:
+    """The name memfd_create recorded for ``fd``'s file, or None for other files."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    if not target.startswith(_MEMFD_PREFIX):
+        return None
+    return target[len(_MEMFD_PREFIX) :].removesuffix(_DELETED_SUFFIX)

@@ -1,0 +1,185 @@
+"""MemoryMap: one window of an anonymous memory mapped into this process."""
+
+from __future__ import annotations
+
+import mmap
+import warnings
+import weakref
+from typing import TYPE_CHECKING, final, overload
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
+
+    from typing_extensions import Buffer
+
+    from ._protection import Protection
+
+__all__ = ["MemoryMap"]
+
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def _unmap(mm: mmap.mmap, buf: memoryview) -> None:
+    # A view made from ``buf`` (a slice, a numpy array) keeps the pages: releasing or
+    # closing raises BufferError then, and the mmap goes with the last such view.
+    try:
+        buf.release()
+        mm.close()
+    except BufferError:
+        pass
+
+
+def _warn_unclosed(label: str) -> None:
+    # Holds nothing of the map: its pages go with the map and the views made from it.
+    warnings.warn(f"unclosed {label}", ResourceWarning, stacklevel=2)
+
+
+@final
+class MemoryMap:
+    """A window of an :class:`~anonshm.AnonymousMemory` mapped into this process.
+
+    Made by :meth:`AnonymousMemory.map`, never directly.  ``buf`` is a ``memoryview`` of
+    exactly the window; the map itself supports ``len()``, indexing, slice assignment
+    and, on Python >= 3.12, the buffer protocol.  Closing the map (or the memory it came
+    from) unmaps it from this process only; the memory itself lives on while any
+    process holds it.  Views made from ``buf`` before the close (slices, numpy arrays)
+    stay valid and keep the pages mapped until the last of them is released.
+
+    Example:
+        >>> from anonshm import AnonymousMemory
+        >>> with AnonymousMemory(10) as mem, mem.map(offset=2, length=5) as view:
+        ...     view[:5] = b"hello"
+        ...     bytes(view.buf), len(view)
+        (b'hello', 5)
+    """
+
+    # Defaults: close() and repr() work on an object whose __init__ failed.
+    _buf: memoryview | None = None
+    _mmap: mmap.mmap | None = None
+    _finalizer: weakref.finalize[[str], MemoryMap] | None = None
+
+    def __init__(
+        self,
+        fd: int,
+        offset: int,
+        length: int,
+        protection: Protection,
+        *,
+        populate: bool = False,
+        label: str = "anonshm",
+    ) -> None:
+        """Map ``length`` bytes of ``fd`` from ``offset``; callers have checked the window."""
+        self._offset = offset
+        self._length = length
+        self._protection = protection
+        self._label = label
+        # mmap offsets must be page-aligned: map from the page start, then slice.
+        skew = offset % mmap.ALLOCATIONGRANULARITY
+        flags = protection.mmap_flags | (_POPULATE if populate else 0)
+        mm = mmap.mmap(fd, length + skew, flags, protection.mmap_prot, offset=offset - skew)
+        whole = memoryview(mm)
+        buf = whole[skew : skew + length] if skew or length != len(whole) else whole
+        if buf is not whole:
+            whole.release()
+        self._mmap = mm
+        self._buf = buf
+        self._finalizer = weakref.finalize(self, _warn_unclosed, f"{self!r}")
+
+    @property
+    def buf(self) -> memoryview:
+        """A ``memoryview`` of exactly the window (read-only for READ_ONLY maps).
+
+        Raises:
+            ValueError: the map is closed.
+        """
+        buf = self._buf
+        if buf is None:
+            raise ValueError("I/O operation on a closed MemoryMap")
+        return buf
+
+    @property
+    def offset(self) -> int:
+        """Where the window starts in the memory, in bytes."""
+        return self._offset
+
+    @property
+    def protection(self) -> Protection:
+        """This map's protection (what writes do: shared, private or refused)."""
+        return self._protection
+
+    @property
+    def closed(self) -> bool:
+        """Whether this map has been closed (by itself or by its memory)."""
+        return self._buf is None
+
+    def close(self) -> None:
+        """Unmap the window from this process; calling it again does nothing.
+
+        Views made from :attr:`buf` beforehand keep the pages mapped until the last of
+        them is released; nothing else can reach them after this call.
+        """
+        buf, mm = self._buf, self._mmap
+        if buf is None or mm is None:
+            return
+        self._buf = self._mmap = None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        _unmap(mm, buf)
+
+    def flush(self) -> None:
+        """Ask the kernel to write the window back to its file (a no-op for memfd)."""
+        if self._mmap is None:
+            raise ValueError("I/O operation on a closed MemoryMap")
+        self._mmap.flush()
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> bytes: ...
+    def __getitem__(self, index: int | slice) -> int | bytes:
+        """One byte as an ``int``, or a slice copied out as ``bytes``."""
+        if isinstance(index, slice):
+            return self.buf[index].tobytes()
+        return self.buf[index]
+
+    @overload
+    def __setitem__(self, index: int, value: int) -> None: ...
+    @overload
+    def __setitem__(self, index: slice, value: Buffer) -> None: ...
+    def __setitem__(self, index: int | slice, value: int | Buffer) -> None:
+        """Write one byte or a same-length slice (``TypeError`` on a READ_ONLY map)."""
+        self.buf[index] = value  # type: ignore[index,assignment]
+
+    def __buffer__(self, flags: int, /) -> memoryview:
+        """The buffer protocol (Python >= 3.12): ``memoryview(view)``, numpy, ..."""
+        return memoryview(self.buf)
+
+    def __release_buffer__(self, view: memoryview, /) -> None:
+        view.release()
+
+    def __enter__(self) -> Self:
+        if self._buf is None:
+            raise ValueError("cannot enter a closed MemoryMap")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a MemoryMap cannot be pickled; hand over its AnonymousMemory instead")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._buf is None else "open"
+        return (
+            f"<MemoryMap {self._label!r} offset={self._offset} length={self._length} "
+            f"protection={self._protection.name} {state}>"
+        )

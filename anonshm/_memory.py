@@ -1,0 +1,554 @@
+"""AnonymousMemory: a descriptor of memory that has no name, and what it can do."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import warnings
+import weakref
+from multiprocessing import reduction
+from typing import TYPE_CHECKING, Final, Protocol, final
+
+from . import _backend
+from ._errors import AnonShmError, InheritError, TokenError
+from ._handoff import receive_fd, send_fd
+from ._map import MemoryMap
+from ._protection import Protection
+from ._wire import (
+    INHERIT_VARIABLE,
+    PR_DESC_FILE,
+    check_name,
+    format_token,
+    parse_inherit_fds,
+    parse_token,
+)
+
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Self
+
+__all__ = ["DEFAULT_NAME", "AnonymousMemory"]
+
+DEFAULT_NAME: Final = "anonshm"
+
+
+def _check_size(size: object) -> int:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise TypeError(f"size must be an int, not {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"size must be at least 1 byte, not {size}")
+    return size
+
+
+def _check_protection(protection: object, what: str) -> Protection:
+    if not isinstance(protection, int) or isinstance(protection, bool):
+        raise TypeError(f"{what} must be a Protection, not {type(protection).__name__}")
+    try:
+        return Protection(protection)
+    except ValueError:
+        raise ValueError(f"{what} must be 0, 1 or 2 (a Protection), not {protection!r}") from None
+
+
+def _collect(fd: int, label: str) -> None:
+    warnings.warn(f"unclosed {label}", ResourceWarning, stacklevel=2)
+    os.close(fd)
+
+
+@final
+class AnonymousMemory:
+    """Shared memory with no name, reachable only through descriptors handed over.
+
+    Creating one makes a new memory of ``size`` zero bytes: on Linux a ``memfd``
+    (no path in any filesystem, sealed against growing and shrinking), or with
+    ``directory=`` a backing file there that no path leads to.  The memory is shared
+    with a child by :func:`~anonshm.spawn` (``inherit=[mem]``, NSPR's first protocol) or
+    by :meth:`export` and :meth:`from_token` (the second).
+
+    Who frees what: :meth:`close` (or leaving the ``with`` block) closes *this
+    process's* descriptor and unmaps every map made through this object.  The memory
+    itself ceases to exist only when its last holder anywhere -- a child, a map, a
+    duplicate -- lets go, and then the kernel frees it, crash or not.
+
+    Args:
+        size: the exact size in bytes, an ``int`` >= 1.
+        name: a label (not a path): the key for inheritance, and what
+            ``/proc/<pid>/fd`` shows as ``memfd:<name>``.  No ``:``, no NUL, at most
+            249 bytes of UTF-8.
+        directory: make the memory a file in this directory instead (NSPR's strategy):
+            ``O_TMPFILE`` where the filesystem has it, else an exclusive random name,
+            mode 0600, unlinked before the constructor returns.  Such memory cannot be
+            sealed: its size is not enforced by the kernel and it cannot be frozen.
+        protection: the most that a map of this memory may ask.  ``READ_ONLY`` and
+            ``WRITE_COPY`` memories hold a read-only descriptor.
+        reserve: allocate every page now, so that a full filesystem or memory limit is
+            an ``OSError`` here and never a ``SIGBUS`` on a later write.
+
+    Raises:
+        TypeError: ``size``, ``name`` or ``protection`` has the wrong type.
+        ValueError: ``size`` < 1, or ``name`` is not a valid label.
+        OSError: the kernel refused (``ENOENT``/``EACCES`` for ``directory``,
+            ``ENOSPC``/``ENOMEM`` with ``reserve``); nothing is left behind.
+
+    Example:
+        >>> from anonshm import AnonymousMemory
+        >>> with AnonymousMemory(4096, name="frame") as mem:
+        ...     with mem.map() as view:
+        ...         view[:5] = b"hello"
+        ...     with mem.map(length=5) as again:
+        ...         mem.size, mem.name, again.buf.tobytes()
+        (4096, 'frame', b'hello')
+    """
+
+    # Defaults: close() and repr() work on an object whose __init__ failed.
+    _fd: int = -1
+    _size: int = 0
+    _name: str = DEFAULT_NAME
+    _protection: Protection = Protection.READ_WRITE
+    _maps: weakref.WeakSet[MemoryMap] | None = None
+    _finalizer: weakref.finalize[[int, str], AnonymousMemory] | None = None
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        name: str = DEFAULT_NAME,
+        directory: str | os.PathLike[str] | None = None,
+        protection: Protection = Protection.READ_WRITE,
+        reserve: bool = False,
+    ) -> None:
+        size = _check_size(size)
+        name = check_name(name)
+        protection = _check_protection(protection, "protection")
+        path = None if directory is None else os.fspath(directory)
+        fd = _backend.create(name, size, path, bool(reserve))
+        if protection is not Protection.READ_WRITE:
+            try:
+                readonly = _backend.reopen_readonly(fd)
+            finally:
+                os.close(fd)
+            fd = readonly
+        self._own(fd, size, name, protection)
+
+    def _own(self, fd: int, size: int, name: str, protection: Protection) -> None:
+        self._size = size
+        self._name = name
+        self._protection = protection
+        self._fd = fd
+        self._finalizer = weakref.finalize(self, _collect, fd, f"AnonymousMemory {name!r} fd={fd}")
+
+    @classmethod
+    def _adopt(
+        cls,
+        fd: int,
+        protection: Protection | None,
+        error: type[AnonShmError],
+        what: str,
+        *,
+        name: str | None = None,
+        size: int | None = None,
+    ) -> Self:
+        """Own ``fd`` (already this object's own duplicate) once it proves to be memory.
+
+        On failure ``fd`` is closed and ``error`` raised, naming ``what`` was imported.
+        """
+        try:
+            try:
+                st = os.fstat(fd)
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            except OSError as exc:
+                raise error(f"{what}: cannot inspect the descriptor ({exc.strerror})") from exc
+            if not stat.S_ISREG(st.st_mode):
+                kind = _describe_mode(st.st_mode)
+                raise error(f"{what} is {kind}, not an anonymous shared memory")
+            if st.st_nlink:
+                raise error(f"{what} is a named file (it has a path), not an anonymous memory")
+            if st.st_size < 1:
+                raise error(f"{what} is empty: an anonymous memory has at least 1 byte")
+            if size is not None and st.st_size != size:
+                raise error(f"{what} is {st.st_size} bytes, but {size} were announced")
+            access = flags & os.O_ACCMODE
+            if access == os.O_WRONLY:
+                raise error(f"{what} is open write-only and cannot be mapped")
+            writable = access == os.O_RDWR
+            frozen = writable and _backend.seals(fd) & _backend.FREEZE_SEALS
+            if protection is None:
+                writable = writable and not frozen
+                protection = Protection.READ_WRITE if writable else Protection.READ_ONLY
+            elif protection is Protection.READ_WRITE and not writable:
+                raise error(f"{what} asks READ_WRITE, but the descriptor is read-only")
+            elif protection is Protection.READ_WRITE and frozen:
+                raise error(f"{what} asks READ_WRITE, but the memory is frozen")
+            if name is None:
+                name = _backend.kernel_name(fd) or DEFAULT_NAME
+        except BaseException:
+            os.close(fd)
+            raise
+        self = cls.__new__(cls)
+        self._own(fd, st.st_size, name, protection)
+        return self
+
+    @classmethod
+    def _import(
+        cls, fd: int, protection: Protection | None, error: type[AnonShmError], what: str
+    ) -> Self:
+        # Imports never adopt: the number handed over stays with whoever owns it.
+        try:
+            own = os.dup(fd)  # close-on-exec, like every descriptor Python makes
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise error(f"{what}: descriptor {fd} is not open in this process") from None
+            raise
+        return cls._adopt(own, protection, error, what)
+
+    @classmethod
+    def from_token(cls, token: str) -> Self:
+        """Import the memory an :meth:`export` token names (NSPR's second protocol).
+
+        The token's descriptor must be open in this process (the parent passed it down,
+        e.g. with ``pass_fds``) and be an anonymous shared memory.  The new object owns
+        a duplicate: the number in the token is never closed by anonshm, so importing
+        a token twice gives two independent handles.
+
+        Raises:
+            TypeError: ``token`` is not a ``str``.
+            TokenError: the token is malformed, its descriptor is not open, is not an
+                anonymous memory, or is read-only while the token asks ``READ_WRITE``.
+
+        Example:
+            >>> import sys
+            >>> from anonshm import AnonymousMemory
+            >>> mem = AnonymousMemory.from_token(sys.argv[1])  # doctest: +SKIP
+        """
+        fd, protection = parse_token(token)
+        return cls._import(fd, protection, TokenError, f"token {token!r}")
+
+    @classmethod
+    def inherited(cls, name: str = DEFAULT_NAME) -> Self:
+        """Import the memory a parent passed under ``name`` (NSPR's first protocol).
+
+        Looks ``name`` up in ``NSPR_INHERIT_FDS`` as NSPR's ``PR_GetInheritedFD`` does
+        (exact name), so the parent may be :func:`~anonshm.spawn` or an NSPR program.
+        The protection comes from the descriptor: a read-only descriptor gives a
+        ``READ_ONLY`` memory.  Every call returns a new, independent handle with a
+        duplicate of the inherited descriptor, which itself is never closed.
+
+        Raises:
+            InheritError: the variable is absent or malformed, has no entry ``name``,
+                or the entry is not an open anonymous memory.
+
+        Example:
+            >>> from anonshm import AnonymousMemory
+            >>> with AnonymousMemory.inherited("frame") as mem:  # doctest: +SKIP
+            ...     print(mem.map().buf[:5].tobytes())
+        """
+        check_name(name)
+        value = os.environ.get(INHERIT_VARIABLE)
+        if value is None:
+            raise InheritError(f"no memory {name!r} was inherited: {INHERIT_VARIABLE} is not set")
+        entries = parse_inherit_fds(value)
+        try:
+            kind, fd = entries[name]
+        except KeyError:
+            raise InheritError(
+                f"no memory {name!r} was inherited: {INHERIT_VARIABLE} names only "
+                f"{', '.join(map(repr, entries))}"
+            ) from None
+        what = f"inherited {name!r} (fd {fd})"
+        if kind != PR_DESC_FILE:
+            raise InheritError(f"{what} has descriptor type {kind}, not a file (1)")
+        return cls._import(fd, None, InheritError, what)
+
+    @property
+    def size(self) -> int:
+        """The size in bytes, exactly as created."""
+        return self._size
+
+    @property
+    def name(self) -> str:
+        """The label: the key for inheritance and the name in ``/proc/<pid>/fd``."""
+        return self._name
+
+    @property
+    def protection(self) -> Protection:
+        """The most a map of this memory may ask (``READ_ONLY`` once frozen)."""
+        return self._protection
+
+    @property
+    def closed(self) -> bool:
+        """Whether this handle is closed (the memory may live on elsewhere)."""
+        return self._fd < 0
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the kernel refuses every new write to the memory, for all holders."""
+        return bool(_backend.seals(self.fileno()) & _backend.FREEZE_SEALS)
+
+    def fileno(self) -> int:
+        """This handle's descriptor (close-on-exec; owned by this object: don't close it)."""
+        fd = self._fd
+        if fd < 0:
+            raise ValueError("I/O operation on a closed AnonymousMemory")
+        return fd
+
+    def map(
+        self,
+        offset: int = 0,
+        length: int | None = None,
+        *,
+        protection: Protection | None = None,
+        populate: bool = False,
+    ) -> MemoryMap:
+        """Map ``length`` bytes from ``offset`` (any offset) into this process.
+
+        Args:
+            offset: where the window starts, in bytes; need not be page-aligned.
+            length: the window's size; by default up to the end of the memory.
+            protection: the map's protection; by default the memory's.
+            populate: fault every page in now (``MAP_POPULATE``), so the first touch
+                of each page costs nothing later.
+
+        Raises:
+            ValueError: the window is empty or outside the memory, or this handle is
+                closed.
+            PermissionError: ``protection`` asks more than the memory allows.
+
+        Example:
+            >>> from anonshm import AnonymousMemory, Protection
+            >>> with AnonymousMemory(100) as mem:
+            ...     with mem.map(10, 4, protection=Protection.READ_ONLY) as view:
+            ...         view.buf.readonly, len(view)
+            (True, 4)
+        """
+        fd = self.fileno()
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        if length is None:
+            length = self._size - offset
+        elif not isinstance(length, int) or isinstance(length, bool):
+            raise TypeError(f"length must be an int or None, not {type(length).__name__}")
+        if not 0 <= offset < self._size or not 0 < length <= self._size - offset:
+            raise ValueError(
+                f"window offset={offset} length={length} is empty or outside the memory "
+                f"of {self._size} bytes"
+            )
+        if protection is None:
+            protection = self._protection
+        else:
+            protection = _check_protection(protection, "protection")
+            if not self._protection.allows(protection):
+                raise PermissionError(
+                    f"cannot map {self._name!r} {protection.name}: the memory is "
+                    f"{self._protection.name}"
+                )
+        try:
+            view = MemoryMap(
+                fd, offset, length, protection, populate=bool(populate), label=self._name
+            )
+        except PermissionError as exc:
+            # EPERM: the seal of a memory frozen through another handle.
+            raise PermissionError(
+                exc.errno, f"cannot map {self._name!r} {protection.name}: the memory is frozen"
+            ) from exc
+        if self._maps is None:
+            self._maps = weakref.WeakSet()
+        self._maps.add(view)
+        return view
+
+    def export(self) -> str:
+        """NSPR's token for this memory, ``"<fd>:<prot>"`` (the second protocol).
+
+        The token is only a number: it is valid in a child that inherits this very
+        descriptor (``subprocess.Popen(..., pass_fds=[mem.fileno()])``) while this
+        handle stays open, and meaningless anywhere else.
+
+        Example:
+            >>> from anonshm import AnonymousMemory
+            >>> with AnonymousMemory(16) as mem:
+            ...     mem.export() == f"{mem.fileno()}:1"
+            True
+        """
+        return format_token(self.fileno(), self._protection)
+
+    def duplicate(self, *, protection: Protection | None = None) -> AnonymousMemory:
+        """Another handle on the same memory, with a descriptor of its own.
+
+        With ``protection=READ_ONLY`` (or ``WRITE_COPY``) the new handle holds a
+        read-only descriptor: hand it to a child that must not write the shared pages.
+
+        Raises:
+            PermissionError: ``protection`` asks more than this handle has.
+        """
+        fd = self.fileno()
+        wanted = (
+            self._protection if protection is None else _check_protection(protection, "protection")
+        )
+        if not self._protection.allows(wanted):
+            raise PermissionError(
+                f"cannot duplicate a {self._protection.name} memory as {wanted.name}"
+            )
+        own = os.dup(fd) if wanted is Protection.READ_WRITE else _backend.reopen_readonly(fd)
+        return type(self)._adopt(own, wanted, TokenError, "duplicate", name=self._name)
+
+    def freeze(self) -> None:
+        """Make the memory read-only for every holder, for good; maps open now keep working.
+
+        The producer writes through a map, freezes, then hands the memory on: no
+        holder -- this one included -- can make a new writable map or write through a
+        descriptor again, and children receive read-only descriptors.  The kernel
+        enforces it with ``F_SEAL_FUTURE_WRITE`` (Linux >= 5.1).  This handle's
+        descriptor is replaced by a read-only one (``fileno()`` changes).
+
+        Raises:
+            AnonShmError: the memory cannot be frozen (a ``directory=`` file, a
+                read-only handle, or a kernel older than 5.1).
+        """
+        fd = self.fileno()
+        if self.frozen:
+            return
+        if self._protection is not Protection.READ_WRITE:
+            raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
+        try:
+            _backend.freeze(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            raise AnonShmError(
+                f"cannot freeze {self._name!r}: only memfd memory can be sealed "
+                "(not a directory= file), on Linux >= 5.1"
+            ) from exc
+        readonly = _backend.reopen_readonly(fd)
+        self._swap_fd(readonly)
+        self._protection = Protection.READ_ONLY
+
+    def _swap_fd(self, fd: int) -> None:
+        old = self._fd
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._fd = fd
+        self._finalizer = weakref.finalize(
+            self, _collect, fd, f"AnonymousMemory {self._name!r} fd={fd}"
+        )
+        os.close(old)
+
+    def close(self) -> None:
+        """Close this handle and unmap every map made through it; again does nothing.
+
+        The memory itself lives on while any other holder (a child, a duplicate, a
+        view still exported from a map) keeps it; the kernel frees it after the last.
+        """
+        fd = self._fd
+        if fd < 0:
+            return
+        self._fd = -1
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        maps, self._maps = self._maps, None
+        try:
+            if maps is not None:
+                for view in list(maps):
+                    view.close()
+        finally:
+            os.close(fd)
+
+    def send(self, sock: socket.socket) -> None:
+        """Hand this memory to the process at the other end of a Unix socket.
+
+        The descriptor travels with ``SCM_RIGHTS``, with the name, size and protection;
+        the receiver calls :meth:`receive`.  This handle stays open and owned here.
+
+        Raises:
+            OSError: the socket is not a connected Unix socket, or the send failed.
+
+        Example:
+            >>> import socket
+            >>> from anonshm import AnonymousMemory
+            >>> left, right = socket.socketpair()
+            >>> with AnonymousMemory(8, name="frame") as mem:
+            ...     mem.send(left)
+            ...     with AnonymousMemory.receive(right) as got:
+            ...         got.name, got.size
+            ('frame', 8)
+            >>> left.close(); right.close()
+        """
+        send_fd(sock, self.fileno(), self._name, self._size, self._protection)
+
+    @classmethod
+    def receive(cls, sock: socket.socket) -> Self:
+        """Receive a memory that a peer sent with :meth:`send` over a Unix socket.
+
+        Raises:
+            TokenError: the message is garbage, cut short, carries no descriptor or
+                too many, or the descriptor is not the anonymous memory announced.
+                Every descriptor that arrived is closed.
+            EOFError: the peer closed the socket before sending anything.
+        """
+        fd, name, size, protection = receive_fd(sock)
+        return cls._adopt(
+            fd, protection, TokenError, f"memory received as {name!r}", name=name, size=size
+        )
+
+    def __enter__(self) -> Self:
+        if self._fd < 0:
+            raise ValueError("cannot enter a closed AnonymousMemory")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError(
+            "an AnonymousMemory cannot be pickled: a descriptor number means nothing in "
+            "another process.  Pass it to multiprocessing (which sends the descriptor "
+            "itself), spawn(inherit=...), export() or send()"
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return (
+            f"<AnonymousMemory {self._name!r} size={self._size} "
+            f"protection={self._protection.name} {state}>"
+        )
+
+
+def _describe_mode(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+class _DupFd(Protocol):
+    def detach(self) -> int: ...
+
+
+def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tuple[object, ...]]:
+    # multiprocessing's DupFd sends the descriptor itself: through the spawning
+    # process for spawn/forkserver, or its resource sharer for pools and queues.
+    dup = reduction.DupFd(memory.fileno())
+    return _rebuild, (dup, memory.name, memory.protection)
+
+
+def _rebuild(dup: _DupFd, name: str, protection: Protection) -> AnonymousMemory:
+    fd = dup.detach()
+    os.set_inheritable(fd, False)
+    what = f"memory {name!r} from multiprocessing"
+    return AnonymousMemory._adopt(fd, protection, TokenError, what, name=name)
+
+
+# Only multiprocessing's pickler knows this reducer: plain pickle meets __reduce__.
+reduction.register(AnonymousMemory, _reduce)

@@ -1,0 +1,262 @@
+"""spawn and SharedChild: NSPR's first protocol, a child that inherits memories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, AnyStr, Generic, Literal, TypedDict, final, overload
+
+from ._memory import AnonymousMemory
+from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import Self
+
+    from typing_extensions import Unpack
+
+__all__ = ["PopenOptions", "SharedChild", "spawn"]
+
+_Arg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+_Args = _Arg | Sequence[_Arg]
+_File = int | IO[bytes] | IO[str] | None
+Inherit = Iterable[AnonymousMemory] | Mapping[str, AnonymousMemory]
+
+
+class PopenOptions(TypedDict, total=False):
+    """The keyword arguments of ``subprocess.Popen`` that :func:`spawn` passes on."""
+
+    bufsize: int
+    executable: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None
+    stdin: _File
+    stdout: _File
+    stderr: _File
+    preexec_fn: Callable[[], object] | None
+    close_fds: bool
+    pass_fds: Collection[int]
+    cwd: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None
+    env: Mapping[str, str] | None
+    restore_signals: bool
+    start_new_session: bool
+    user: str | int | None
+    group: str | int | None
+    extra_groups: Iterable[str | int] | None
+    umask: int
+    pipesize: int
+    process_group: int | None
+
+
+@final
+class SharedChild(Generic[AnyStr]):
+    """A child process started by :func:`spawn`, with the memories it inherited.
+
+    It behaves as the ``subprocess.Popen`` inside it (:attr:`popen`): ``pid``,
+    ``returncode``, ``wait``, ``poll``, ``communicate``, ``terminate``, ``kill`` and
+    the ``stdin``/``stdout``/``stderr`` pipes.  As a ``with`` block it waits for the
+    child when the block ends normally, and kills then reaps it when the block raises,
+    so no child outlives an error unnoticed.
+
+    Example:
+        >>> import subprocess, sys
+        >>> from anonshm import AnonymousMemory, spawn
+        >>> code = "from anonshm import AnonymousMemory as M; print(M.inherited('x').size)"
+        >>> argv = [sys.executable, "-c", code]
+        >>> with AnonymousMemory(64, name="x") as mem:
+        ...     with spawn(argv, inherit=[mem], stdout=subprocess.PIPE) as child:
+        ...         out, _ = child.communicate(timeout=30)
+        >>> out.strip()
+        b'64'
+    """
+
+    def __init__(self, popen: subprocess.Popen[AnyStr], inherited: Mapping[str, int]) -> None:
+        self._popen: subprocess.Popen[AnyStr] = popen
+        self._inherited = dict(inherited)
+
+    @property
+    def popen(self) -> subprocess.Popen[AnyStr]:
+        """The underlying ``subprocess.Popen``."""
+        return self._popen
+
+    @property
+    def inherited(self) -> Mapping[str, int]:
+        """Each inherited memory's name and its descriptor number in the child."""
+        return dict(self._inherited)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._popen.pid
+
+    @property
+    def args(self) -> object:
+        """The arguments the child was started with."""
+        return self._popen.args
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once reaped (negative: killed by that signal), else None."""
+        return self._popen.returncode
+
+    @property
+    def stdin(self) -> IO[AnyStr] | None:
+        """The child's stdin pipe, when started with ``stdin=subprocess.PIPE``."""
+        return self._popen.stdin
+
+    @property
+    def stdout(self) -> IO[AnyStr] | None:
+        """The child's stdout pipe, when started with ``stdout=subprocess.PIPE``."""
+        return self._popen.stdout
+
+    @property
+    def stderr(self) -> IO[AnyStr] | None:
+        """The child's stderr pipe, when started with ``stderr=subprocess.PIPE``."""
+        return self._popen.stderr
+
+    def poll(self) -> int | None:
+        """Reap the child if it has exited; return ``returncode``."""
+        return self._popen.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit; ``subprocess.TimeoutExpired`` after ``timeout``."""
+        return self._popen.wait(timeout)
+
+    def communicate(
+        self, input: AnyStr | None = None, timeout: float | None = None
+    ) -> tuple[AnyStr | None, AnyStr | None]:
+        """Send ``input``, read stdout and stderr to the end, wait (as ``Popen``)."""
+        return self._popen.communicate(input, timeout)
+
+    def send_signal(self, sig: int) -> None:
+        """Send signal ``sig`` to the child, unless it has been reaped."""
+        self._popen.send_signal(sig)
+
+    def terminate(self) -> None:
+        """Ask the child to stop (``SIGTERM``)."""
+        self._popen.terminate()
+
+    def kill(self) -> None:
+        """Stop the child now (``SIGKILL``)."""
+        self._popen.kill()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and self._popen.returncode is None:
+            self._popen.kill()
+        # Popen's own exit closes the pipes and reaps the child.
+        self._popen.__exit__(exc_type, exc, tb)
+
+    def __repr__(self) -> str:
+        names = ", ".join(self._inherited)
+        return f"<SharedChild pid={self.pid} returncode={self.returncode} inherited=[{names}]>"
+
+
+def _entries(inherit: Inherit) -> list[tuple[str, int]]:
+    if isinstance(inherit, AnonymousMemory):
+        raise TypeError("inherit takes an iterable of memories: write inherit=[mem]")
+    pairs: Iterable[tuple[str, AnonymousMemory]]
+    if isinstance(inherit, Mapping):
+        pairs = inherit.items()
+    else:
+        pairs = ((mem.name if isinstance(mem, AnonymousMemory) else "", mem) for mem in inherit)
+    entries: dict[str, int] = {}
+    for name, mem in pairs:
+        if not isinstance(mem, AnonymousMemory):
+            raise TypeError(f"inherit takes AnonymousMemory objects, not {type(mem).__name__}")
+        check_name(name)
+        if name in entries:
+            raise ValueError(f"two inherited memories are named {name!r}; names must be unique")
+        entries[name] = mem.fileno()
+    return list(entries.items())
+
+
+@overload
+def spawn(
+    args: _Args,
+    *,
+    inherit: Inherit = (),
+    text: Literal[True],
+    encoding: str | None = None,
+    errors: str | None = None,
+    **popen_kwargs: Unpack[PopenOptions],
+) -> SharedChild[str]: ...
+@overload
+def spawn(
+    args: _Args,
+    *,
+    inherit: Inherit = (),
+    text: Literal[False] | None = None,
+    encoding: str,
+    errors: str | None = None,
+    **popen_kwargs: Unpack[PopenOptions],
+) -> SharedChild[str]: ...
+@overload
+def spawn(
+    args: _Args,
+    *,
+    inherit: Inherit = (),
+    text: Literal[False] | None = None,
+    encoding: None = None,
+    errors: None = None,
+    **popen_kwargs: Unpack[PopenOptions],
+) -> SharedChild[bytes]: ...
+def spawn(
+    args: _Args,
+    *,
+    inherit: Inherit = (),
+    text: bool | None = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    **popen_kwargs: Unpack[PopenOptions],
+) -> SharedChild[str] | SharedChild[bytes]:
+    """Start a child that inherits ``inherit`` (NSPR's first protocol).
+
+    Each memory's descriptor reaches the child at the same number, and only that
+    child: it is passed with ``pass_fds`` (set up between fork and exec), never made
+    inheritable in the parent, where a child started by another thread could catch it.
+    The child's environment gets ``NSPR_INHERIT_FDS`` in NSPR's form
+    (``name:1:0x<fd>`` entries joined by ``:``), replacing any value this process
+    inherited itself (removed when nothing is inherited); the child reads it with
+    :meth:`AnonymousMemory.inherited` or NSPR's ``PR_GetInheritedFD``.
+
+    Args:
+        args: the program and its arguments, as for ``subprocess.Popen``.
+        inherit: memories (each keyed by its ``name``), or a ``{name: memory}`` mapping.
+        text: text mode for the pipes, as for ``Popen``.
+        encoding: the pipes' encoding (text mode), as for ``Popen``.
+        errors: the pipes' error handler (text mode), as for ``Popen``.
+        **popen_kwargs: any other ``subprocess.Popen`` argument (``env``, ``cwd``,
+            ``stdout``, ``pass_fds`` ...).
+
+    Returns:
+        The started child, best used as a ``with`` block.
+
+    Raises:
+        TypeError: ``inherit`` holds something other than memories.
+        ValueError: two memories share a name, a name is invalid, or a memory is closed.
+        OSError: the child could not be started (as ``Popen``).
+
+    Example:
+        >>> import sys
+        >>> from anonshm import AnonymousMemory, spawn
+        >>> with AnonymousMemory(64, name="frame") as mem:  # doctest: +SKIP
+        ...     with spawn([sys.executable, "child.py"], inherit=[mem]) as child:
+        ...         child.wait(timeout=30)
+    """
+    entries = _entries(inherit)
+    env = dict(os.environ if popen_kwargs.get("env") is None else popen_kwargs["env"])  # type: ignore[arg-type]
+    if entries:
+        env[INHERIT_VARIABLE] = format_inherit_fds(entries)
+    else:
+        env.pop(INHERIT_VARIABLE, None)
+    popen_kwargs["env"] = env
+    popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), *(fd for _, fd in entries))
+    popen = subprocess.Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs)
+    return SharedChild(popen, dict(entries))

@@ -1,0 +1,104 @@
+"""NSPR's wire formats: the exported token and the NSPR_INHERIT_FDS variable.
+
+Both are parsed strictly, exactly as NSPR's own writers produce them; anything looser
+is refused with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from ._errors import InheritError, TokenError
+from ._protection import Protection
+
+__all__ = [
+    "INHERIT_VARIABLE",
+    "PR_DESC_FILE",
+    "check_name",
+    "format_inherit_fds",
+    "format_token",
+    "parse_inherit_fds",
+    "parse_token",
+]
+
+INHERIT_VARIABLE: Final = "NSPR_INHERIT_FDS"
+PR_DESC_FILE: Final = 1
+MAX_NAME_BYTES: Final = 249  # memfd_create's limit (NAME_MAX minus "memfd:")
+MAX_FD: Final = 2**31 - 1
+
+# PR_ExportFileMapAsString writes "%ld:%d": no sign, no padding, no spaces.
+_TOKEN: Final = re.compile(r"(0|[1-9][0-9]{0,9}):([0-2])")
+# PR_ProcessAttrSetInheritableFD writes "%d" for the type and "0x%x" for the fd.
+_TYPE: Final = re.compile(r"[1-9]")
+_HEX_FD: Final = re.compile(r"0x(0|[1-9a-f][0-9a-f]{0,7})")
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` if it can label a memory, else raise TypeError/ValueError."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError("name must not be empty")
+    if ":" in name or "\0" in name:
+        raise ValueError(f"name must contain no ':' and no NUL character: {name!r}")
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"name is not valid Unicode: {name!r}") from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise ValueError(f"name is {len(encoded)} bytes in UTF-8; at most {MAX_NAME_BYTES} fit")
+    return name
+
+
+def format_token(fd: int, protection: Protection) -> str:
+    """NSPR's Unix token for a descriptor: ``"<fd>:<prot>"``."""
+    return f"{fd}:{protection.value}"
+
+
+def parse_token(token: object) -> tuple[int, Protection]:
+    """The descriptor number and protection a token names; TokenError if malformed."""
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, not {type(token).__name__}")
+    match = _TOKEN.fullmatch(token)
+    if match is None:
+        raise TokenError(
+            f"malformed token {token!r}: expected '<fd>:<prot>' with a decimal "
+            "descriptor number and a protection of 0, 1 or 2"
+        )
+    fd = int(match[1])
+    if fd > MAX_FD:
+        raise TokenError(f"token {token!r} names descriptor {fd}, which no process can have")
+    return fd, Protection(int(match[2]))
+
+
+def format_inherit_fds(entries: list[tuple[str, int]]) -> str:
+    """The value of NSPR_INHERIT_FDS for ``(name, fd)`` pairs of memories (files)."""
+    return ":".join(f"{name}:{PR_DESC_FILE}:0x{fd:x}" for name, fd in entries)
+
+
+def parse_inherit_fds(value: str) -> dict[str, tuple[int, int]]:
+    """Map each name in NSPR_INHERIT_FDS to ``(type, fd)``; InheritError if malformed."""
+    fields = value.split(":")
+    if not value or len(fields) % 3:
+        raise InheritError(
+            f"malformed {INHERIT_VARIABLE}={value!r}: expected '<name>:<type>:0x<fd>' "
+            "entries joined by ':'"
+        )
+    entries: dict[str, tuple[int, int]] = {}
+    for index in range(0, len(fields), 3):
+        name, kind, hex_fd = fields[index : index + 3]
+        where = f"entry {index // 3 + 1} of {INHERIT_VARIABLE}={value!r}"
+        if not name or "\0" in name:
+            raise InheritError(f"malformed {where}: empty name")
+        if _TYPE.fullmatch(kind) is None:
+            raise InheritError(f"malformed {where}: type {kind!r} is not a descriptor type")
+        if _HEX_FD.fullmatch(hex_fd) is None:
+            raise InheritError(f"malformed {where}: {hex_fd!r} is not '0x' and a lowercase hex fd")
+        fd = int(hex_fd, 16)
+        if fd > MAX_FD:
+            raise InheritError(f"malformed {where}: descriptor {fd} is out of range")
+        if name in entries:
+            raise InheritError(f"malformed {INHERIT_VARIABLE}={value!r}: {name!r} appears twice")
+        entries[name] = (int(kind), fd)
+    return entries
