@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MemoryMap"]
 
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
+_HUGEPAGE: int = getattr(mmap, "MADV_HUGEPAGE", 0)
 
 
 def _unmap(mm: mmap.mmap, buf: memoryview) -> None:
@@ -67,6 +68,7 @@ class MemoryMap:
         protection: Protection,
         *,
         populate: bool = False,
+        hugepages: bool = False,
         label: str = "anonshm",
     ) -> None:
         """Map ``length`` bytes of ``fd`` from ``offset``; callers have checked the window."""
@@ -78,6 +80,9 @@ class MemoryMap:
         skew = offset % mmap.ALLOCATIONGRANULARITY
         flags = protection.mmap_flags | (_POPULATE if populate else 0)
         mm = mmap.mmap(fd, length + skew, flags, protection.mmap_prot, offset=offset - skew)
+        if hugepages and _HUGEPAGE:
+            # Only a hint: shmem uses huge pages only if shmem_enabled allows "advise".
+            mm.madvise(_HUGEPAGE)
         whole = memoryview(mm)
         buf = whole[skew : skew + length] if skew or length != len(whole) else whole
         if buf is not whole:

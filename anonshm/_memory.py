@@ -301,6 +301,7 @@ class AnonymousMemory:
         *,
         protection: Protection | None = None,
         populate: bool = False,
+        hugepages: bool = False,
     ) -> MemoryMap:
         """Map ``length`` bytes from ``offset`` (any offset) into this process.
 
@@ -310,6 +311,9 @@ class AnonymousMemory:
             protection: the map's protection; by default the memory's.
             populate: fault every page in now (``MAP_POPULATE``), so the first touch
                 of each page costs nothing later.
+            hugepages: advise transparent huge pages (``MADV_HUGEPAGE``) for the
+                window; the kernel uses them for shared memory only where
+                ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` allows.
 
         Raises:
             ValueError: the window is empty or outside the memory, or this handle is

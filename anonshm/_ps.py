@@ -1,0 +1,10 @@
+"""``python -m anonshm ps`` (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the anonymous memories held by this user's processes."""
+    raise NotImplementedError("ps")

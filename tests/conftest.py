@@ -1,0 +1,87 @@
+"""Shared fixtures: counting this process's descriptors and mappings, running children."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def open_fds() -> set[int]:
+    """The descriptors open in this process right now."""
+    fds = set()
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        try:
+            os.fstat(fd)  # the listing's own directory descriptor is gone by now
+        except OSError:
+            continue
+        fds.add(fd)
+    return fds
+
+
+def mapping_lines(needle: str = "memfd:") -> list[str]:
+    """Lines of /proc/self/maps that mention ``needle``."""
+    with open("/proc/self/maps") as maps:
+        return [line for line in maps if needle in line]
+
+
+def is_closed(fd: int) -> bool:
+    """Whether ``fd`` is closed in this process (EBADF)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def python_child(code: str, *args: str) -> list[str]:
+    """argv that runs ``code`` (dedented) in a fresh interpreter with the repo importable."""
+    return [sys.executable, "-c", textwrap.dedent(code), *args]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for children: this one, with the repository on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def run_child(
+    code: str, *args: str, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a child; fail the test with its stderr if it exits non-zero."""
+    result = subprocess.run(
+        python_child(code, *args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env() if env is None else env,
+        pass_fds=pass_fds,
+        check=False,
+    )
+    assert result.returncode == 0, f"child failed ({result.returncode}):\n{result.stderr}"
+    return result
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves descriptors or memfd mappings behind."""
+    gc.collect()
+    fds_before, maps_before = open_fds(), mapping_lines()
+    yield
+    gc.collect()
+    assert open_fds() == fds_before, "descriptors leaked"
+    assert mapping_lines() == maps_before, "mappings leaked"
