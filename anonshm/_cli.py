@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
-from . import _backend, _linux
+from . import __version__, _backend, _linux, _ps
 from ._memory import AnonymousMemory
 from ._spawn import spawn
 
@@ -100,7 +100,7 @@ def _probe_seals() -> tuple[bool, bool, bool]:
         noexec = bool(_linux._memfd_flags & _linux.MFD_NOEXEC_SEAL)
         try:
             mem.freeze()
-        except Exception:  # noqa: BLE001 - reported, not raised: this is a probe
+        except Exception:  # reported, not raised: this is a probe
             return sealed, noexec, False
         return sealed, noexec, mem.frozen
 
@@ -133,7 +133,7 @@ def _hugetlb() -> str:
 def _info(_: argparse.Namespace) -> int:
     sealed, noexec, frozen = _probe_seals()
     thp = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
-    print("anonshm", _version())
+    print("anonshm", __version__)
     _feature("python", platform.python_version())
     _feature("kernel", f"{platform.system()} {platform.release()} ({platform.machine()})")
     _feature("backend", f"{_backend.NAME}: {_backend.DEFAULT_STRATEGY} by default")
@@ -148,18 +148,6 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
-def _ps(args: argparse.Namespace) -> int:
-    from . import _ps
-
-    return _ps.main(args)
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m anonshm", description=__doc__)
@@ -172,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info.set_defaults(run=_info)
     ps = commands.add_parser("ps", help="anonymous memories held by this user's processes")
     ps.add_argument("--all", action="store_true", help="every memfd, not only anonshm's")
-    ps.set_defaults(run=_ps)
+    ps.set_defaults(run=_ps.main)
     args = parser.parse_args(argv)
     status: int = args.run(args)
     return status
