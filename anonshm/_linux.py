@@ -66,6 +66,11 @@ def _tmpfile(directory: str) -> int:
         # EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
+    return _named_then_unlinked(directory)
+
+
+def _named_then_unlinked(directory: str) -> int:
+    # NSPR's strategy: the name exists only between open and unlink, mode 0600.
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_NAMED_TRIES):
         path = os.path.join(directory, f".anonshm-{secrets.token_hex(12)}")

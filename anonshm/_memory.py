@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_NAME", "AnonymousMemory"]
 
 DEFAULT_NAME: Final = "anonshm"
+_MAX_SIZE: Final = 2**63 - 1  # off_t
 
 
 def _check_size(size: object) -> int:
@@ -41,6 +42,8 @@ def _check_size(size: object) -> int:
         raise TypeError(f"size must be an int, not {type(size).__name__}")
     if size < 1:
         raise ValueError(f"size must be at least 1 byte, not {size}")
+    if size > _MAX_SIZE:
+        raise ValueError(f"size {size} is more than a file offset can hold ({_MAX_SIZE})")
     return size
 
 

@@ -1,0 +1,358 @@
+"""AnonymousMemory: creation, validation, backends, lifecycle, leaks."""
+
+from __future__ import annotations
+
+import gc
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from anonshm import AnonShmError, AnonymousMemory, Protection, TokenError, _linux
+from tests.conftest import is_closed, mapping_lines, open_fds
+
+
+@pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 10 * 1024 * 1024 + 3], ids=str)
+def test_size_is_exact_and_fresh_memory_reads_zero(size: int) -> None:
+    with AnonymousMemory(size) as mem, mem.map() as view:
+        assert mem.size == size == len(view) == os.fstat(mem.fileno()).st_size
+        assert view.buf.tobytes() == bytes(size)
+
+
+@pytest.mark.parametrize("size", [1.0, "1", None, True, b"1"], ids=repr)
+def test_size_of_another_type_is_a_type_error(size: object) -> None:
+    with pytest.raises(TypeError, match="size must be an int"):
+        AnonymousMemory(size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [0, -1, -(2**70)], ids=str)
+def test_size_below_one_is_a_value_error(size: int) -> None:
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        AnonymousMemory(size)
+
+
+def test_size_beyond_a_file_offset_is_a_value_error(no_leaks: None) -> None:
+    with pytest.raises(ValueError, match="more than a file offset"):
+        AnonymousMemory(2**63)
+
+
+def test_huge_sparse_memory_is_created_but_mapping_it_is_an_os_error(no_leaks: None) -> None:
+    with AnonymousMemory(2**63 - 1) as mem:
+        with pytest.raises(OSError):  # ENOMEM: no address space that large
+            mem.map()
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("", ValueError),
+        ("a:b", ValueError),
+        ("nul\0", ValueError),
+        ("x" * 250, ValueError),
+        ("é" * 125, ValueError),  # 250 bytes in UTF-8
+        ("\udc80", ValueError),  # a lone surrogate cannot be encoded
+        (b"bytes", TypeError),
+        (None, TypeError),
+    ],
+    ids=["empty", "colon", "nul", "250-ascii", "250-utf8", "surrogate", "bytes", "none"],
+)
+def test_bad_names_are_refused(name: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="name"):
+        AnonymousMemory(1, name=name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["x", "frame buffer", "日本語", "y" * 249, "é" * 124])
+def test_valid_names_show_in_proc(name: str) -> None:
+    with AnonymousMemory(1, name=name) as mem:
+        assert mem.name == name
+        assert os.readlink(f"/proc/self/fd/{mem.fileno()}") == f"/memfd:{name} (deleted)"
+
+
+def test_memfd_has_no_path_and_is_sealed_close_on_exec() -> None:
+    with AnonymousMemory(4096) as mem:
+        st = os.fstat(mem.fileno())
+        assert stat.S_ISREG(st.st_mode)
+        assert st.st_nlink == 0
+        assert not os.get_inheritable(mem.fileno())
+        assert _linux.seals(mem.fileno()) & _linux.FIXED_SIZE_SEALS == _linux.FIXED_SIZE_SEALS
+        assert not mem.frozen
+
+
+def test_memfd_is_not_bound_by_dev_shm() -> None:
+    shm = os.statvfs("/dev/shm")
+    beyond = shm.f_blocks * shm.f_frsize + 4096
+    # Creation reserves nothing, so a size beyond /dev/shm costs no memory here.
+    with AnonymousMemory(beyond) as mem:
+        assert mem.size == beyond
+
+
+@pytest.mark.parametrize("protection", list(Protection), ids=lambda p: p.name)
+def test_protection_sets_the_descriptor_access_mode(protection: Protection) -> None:
+    import fcntl
+
+    with AnonymousMemory(8, protection=protection) as mem:
+        assert mem.protection is protection
+        access = fcntl.fcntl(mem.fileno(), fcntl.F_GETFL) & os.O_ACCMODE
+        expected = os.O_RDWR if protection is Protection.READ_WRITE else os.O_RDONLY
+        assert access == expected
+
+
+@pytest.mark.parametrize("protection", [3, -1, "1", 1.0, None], ids=repr)
+def test_bad_protection_is_refused(protection: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="protection"):
+        AnonymousMemory(1, protection=protection)  # type: ignore[arg-type]
+
+
+def test_repr_names_the_state() -> None:
+    mem = AnonymousMemory(16, name="r")
+    assert repr(mem) == f"<AnonymousMemory 'r' size=16 protection=READ_WRITE fd={mem.fileno()}>"
+    mem.close()
+    assert repr(mem) == "<AnonymousMemory 'r' size=16 protection=READ_WRITE closed>"
+
+
+def test_close_is_idempotent_and_use_after_close_is_a_value_error() -> None:
+    mem = AnonymousMemory(16)
+    fd = mem.fileno()
+    mem.close()
+    mem.close()
+    assert mem.closed
+    assert is_closed(fd)
+    for use in (mem.fileno, mem.map, mem.export, mem.duplicate, mem.freeze):
+        with pytest.raises(ValueError, match="closed"):
+            use()
+    with pytest.raises(ValueError, match="closed"):
+        _ = mem.frozen
+    with pytest.raises(ValueError, match="closed"), mem:
+        pass
+
+
+def test_with_block_closes_the_descriptor_and_every_map() -> None:
+    with AnonymousMemory(8192) as mem:
+        fd = mem.fileno()
+        views = [mem.map(), mem.map(100, 50), mem.map(4096, protection=Protection.READ_ONLY)]
+    assert mem.closed
+    assert is_closed(fd)
+    assert all(view.closed for view in views)
+    with pytest.raises(ValueError, match="closed"):
+        _ = views[0].buf
+
+
+def test_closing_the_memory_leaves_maps_closed_by_the_user_alone() -> None:
+    with AnonymousMemory(10) as mem:
+        view = mem.map()
+        view.close()
+    assert view.closed
+
+
+def test_maps_are_not_kept_alive_by_the_memory() -> None:
+    with AnonymousMemory(10) as mem:
+        with mem.map() as view:
+            view[0] = 1
+        del view
+        gc.collect()
+        assert not mapping_lines("memfd:anonshm ")
+
+
+def test_unclosed_memory_warns_and_its_descriptor_is_closed() -> None:
+    mem = AnonymousMemory(16, name="forgotten")
+    fd = mem.fileno()
+    with pytest.warns(ResourceWarning, match="forgotten"):
+        del mem
+        gc.collect()
+    assert is_closed(fd)
+
+
+def test_unclosed_map_warns_and_is_unmapped() -> None:
+    with AnonymousMemory(16, name="lost-map") as mem:
+        view = mem.map()
+        with pytest.warns(ResourceWarning, match="lost-map"):
+            del view
+            gc.collect()
+        assert not mapping_lines("memfd:lost-map ")
+
+
+def test_memory_cannot_be_pickled_or_copied() -> None:
+    import copy
+    import pickle
+
+    with AnonymousMemory(16) as mem:
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(mem)
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            copy.copy(mem)
+
+
+def test_directory_backend_leaves_no_name(tmp_path: Path) -> None:
+    with AnonymousMemory(5000, directory=tmp_path, name="d") as mem, mem.map() as view:
+        view[:4] = b"data"
+        st = os.fstat(mem.fileno())
+        assert stat.S_ISREG(st.st_mode)
+        assert st.st_nlink == 0
+        assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+        assert st.st_dev == os.stat(tmp_path).st_dev
+        assert not os.get_inheritable(mem.fileno())
+        assert mem.size == 5000
+        assert mem.name == "d"
+        assert not mem.frozen
+        assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_directory_backend_cannot_be_linked_back(tmp_path: Path) -> None:
+    # O_TMPFILE | O_EXCL: not even the holder can give the file a name.
+    with AnonymousMemory(10, directory=tmp_path) as mem, pytest.raises(OSError):
+        os.link(f"/proc/self/fd/{mem.fileno()}", tmp_path / "caught", follow_symlinks=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_named_fallback_unlinks_before_returning(tmp_path: Path) -> None:
+    fd = _linux._named_then_unlinked(str(tmp_path))
+    try:
+        st = os.fstat(fd)
+        assert st.st_nlink == 0
+        assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+        assert not os.get_inheritable(fd)
+        assert list(tmp_path.iterdir()) == []
+        # It imports as an anonymous memory like any other.
+        os.ftruncate(fd, 10)
+        with AnonymousMemory.from_token(f"{fd}:1") as mem:
+            assert mem.size == 10
+    finally:
+        os.close(fd)
+
+
+def test_missing_directory_is_a_clear_os_error(tmp_path: Path, no_leaks: None) -> None:
+    with pytest.raises(FileNotFoundError):
+        AnonymousMemory(10, directory=tmp_path / "missing")
+
+
+def test_directory_that_is_a_file_is_an_os_error(tmp_path: Path, no_leaks: None) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        AnonymousMemory(10, directory=path)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_unwritable_directory_is_a_permission_error(tmp_path: Path, no_leaks: None) -> None:
+    if os.geteuid() == 0:
+        # Root ignores mode bits; a read-only mount refuses everyone.
+        target = Path("/proc/self")
+    else:
+        target = tmp_path / "ro"
+        target.mkdir(mode=0o500)
+    with pytest.raises(OSError) as caught:
+        AnonymousMemory(10, directory=target)
+    assert caught.value.errno is not None
+
+
+def test_failure_after_creation_leaves_nothing(tmp_path: Path, no_leaks: None) -> None:
+    # Reserving more than the disk has fails after the file exists: it must go.
+    with pytest.raises(OSError):
+        AnonymousMemory(2**62, directory=tmp_path, reserve=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_reserve_allocates_the_pages() -> None:
+    size = 8 * 1024 * 1024
+    with AnonymousMemory(size, reserve=True) as mem:
+        assert os.fstat(mem.fileno()).st_blocks * 512 >= size
+    with AnonymousMemory(size) as lazy:
+        assert os.fstat(lazy.fileno()).st_blocks == 0
+
+
+def test_duplicate_is_an_independent_handle_of_the_same_memory() -> None:
+    with AnonymousMemory(32, name="dup") as mem:
+        copy = mem.duplicate()
+        assert copy.fileno() != mem.fileno()
+        assert os.fstat(copy.fileno()).st_ino == os.fstat(mem.fileno()).st_ino
+        mem.close()
+        with copy, copy.map() as view:
+            view[:2] = b"ok"
+            assert copy.name == "dup"
+
+
+def test_read_only_duplicate_refuses_writable_maps() -> None:
+    with AnonymousMemory(32) as mem, mem.duplicate(protection=Protection.READ_ONLY) as ro:
+        assert ro.protection is Protection.READ_ONLY
+        with pytest.raises(PermissionError, match="READ_ONLY"):
+            ro.map(protection=Protection.READ_WRITE)
+        with pytest.raises(PermissionError):
+            ro.duplicate(protection=Protection.READ_WRITE)
+
+
+def test_freeze_keeps_earlier_maps_and_refuses_new_writes() -> None:
+    with AnonymousMemory(4096, name="frozen") as mem:
+        writer = mem.map()
+        writer[:3] = b"abc"
+        old_fd = mem.fileno()
+        mem.freeze()
+        assert mem.frozen
+        assert mem.protection is Protection.READ_ONLY
+        assert is_closed(old_fd) or os.fstat(old_fd).st_ino != os.fstat(mem.fileno()).st_ino
+        writer[3:6] = b"def"  # the producer's map made before the freeze still writes
+        with mem.map() as reader:
+            assert reader[:6] == b"abcdef"
+        with pytest.raises(PermissionError):
+            mem.map(protection=Protection.READ_WRITE)
+        with pytest.raises(OSError):
+            os.pwrite(mem.fileno(), b"x", 0)
+        assert mem.export() == f"{mem.fileno()}:0"
+        mem.freeze()  # again: nothing to do
+
+
+def test_freeze_refused_where_the_kernel_cannot_seal(tmp_path: Path) -> None:
+    with AnonymousMemory(10, directory=tmp_path) as mem:
+        with pytest.raises(AnonShmError, match="cannot freeze"):
+            mem.freeze()
+        assert not mem.frozen
+    with AnonymousMemory(10, protection=Protection.READ_ONLY) as ro:
+        with pytest.raises(AnonShmError, match="read-only"):
+            ro.freeze()
+
+
+def test_importing_a_memory_this_process_holds_closes_nothing_it_owns() -> None:
+    with AnonymousMemory(64) as mem:
+        token = mem.export()
+        first = AnonymousMemory.from_token(token)
+        second = AnonymousMemory.from_token(token)
+        first.close()
+        second.close()
+        assert not is_closed(mem.fileno())
+        with mem.map() as view:
+            view[0] = 7
+
+
+def test_a_token_asking_more_than_its_descriptor_is_refused() -> None:
+    with AnonymousMemory(64) as mem, mem.duplicate(protection=Protection.READ_ONLY) as ro:
+        with pytest.raises(TokenError, match="read-only"):
+            AnonymousMemory.from_token(f"{ro.fileno()}:1")
+        for prot in (0, 2):
+            with AnonymousMemory.from_token(f"{ro.fileno()}:{prot}") as got:
+                assert got.protection == prot
+
+
+@pytest.mark.parametrize("backend", ["memfd", "directory"])
+def test_thousands_of_cycles_leak_nothing(backend: str, tmp_path: Path) -> None:
+    directory = tmp_path if backend == "directory" else None
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    shm_before = set(os.listdir("/dev/shm"))
+    gc.collect()
+    fds_before, maps_before = open_fds(), mapping_lines()
+    for i in range(2000):
+        with AnonymousMemory(4096 + i % 3, directory=directory) as mem:
+            with mem.map(i % 100, 10) as view:
+                view[0] = i % 256
+            kept = mem.map()
+            kept[1] = 1  # closed by the memory's with block
+            if i % 10 == 0:
+                with AnonymousMemory.from_token(mem.export()) as again:
+                    assert again.size == mem.size
+    gc.collect()
+    assert open_fds() == fds_before
+    assert mapping_lines() == maps_before
+    assert list(tmp_path.iterdir()) == []
+    assert set(os.listdir("/dev/shm")) <= shm_before
+    assert set(os.listdir(tempfile.gettempdir())) - tmp_before <= {tmp_path.name}

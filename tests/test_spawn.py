@@ -1,0 +1,332 @@
+"""Both protocols end to end with real children: spawn/inherited and export/from_token."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from anonshm import AnonymousMemory, InheritError, Protection, SharedChild, TokenError, spawn
+from tests.conftest import child_env, is_closed, python_child
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+REPORT = """
+    import json, os, sys
+    from anonshm import AnonymousMemory
+    names = sys.argv[1:]
+    report = {"env": os.environ.get("NSPR_INHERIT_FDS"), "fds": sorted(
+        int(fd) for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))}
+    for name in names:
+        with AnonymousMemory.inherited(name) as mem, mem.map() as view:
+            report[name] = [mem.size, mem.protection.name, view[:8].decode()]
+            if mem.protection.name == "READ_WRITE":
+                view[8:16] = b"answered"
+    print(json.dumps(report))
+"""
+
+
+def run_reporter(
+    inherit: Iterable[AnonymousMemory] | Mapping[str, AnonymousMemory],
+    *names: str,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    argv = python_child(REPORT, *names)
+    env = child_env() if env is None else env
+    with spawn(argv, inherit=inherit, stdout=subprocess.PIPE, env=env) as child:
+        out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    assert out is not None
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def test_child_reads_and_answers_through_inherited_memory() -> None:
+    with AnonymousMemory(4096, name="frame") as mem, mem.map() as view:
+        view[:8] = b"question"
+        report = run_reporter([mem], "frame")
+        assert report["frame"] == [4096, "READ_WRITE", "question"]
+        assert view[8:16] == b"answered"
+
+
+def test_child_holds_only_stdio_and_exactly_what_it_inherited() -> None:
+    with AnonymousMemory(10, name="a") as a, AnonymousMemory(10, name="b") as b:
+        expected = f"a:1:0x{a.fileno():x}:b:1:0x{b.fileno():x}"
+        with AnonymousMemory(10, name="not-passed") as other:
+            report = run_reporter([a, b])
+            assert other.fileno() not in report["fds"]
+        assert report["env"] == expected
+        assert set(report["fds"]) == {0, 1, 2, a.fileno(), b.fileno()}
+
+
+def test_mapping_form_keys_memories_by_the_given_name() -> None:
+    with AnonymousMemory(32, name="ignored") as mem:
+        report = run_reporter({"chosen": mem}, "chosen")
+    assert report["chosen"] == [32, "READ_WRITE", "\0" * 8]
+    assert report["env"] == f"chosen:1:0x{mem_fd(report):x}"
+
+
+def mem_fd(report: dict[str, Any]) -> int:
+    extra = set(report["fds"]) - {0, 1, 2}
+    assert len(extra) == 1
+    return int(extra.pop())
+
+
+def test_protection_travels_with_the_descriptor() -> None:
+    with AnonymousMemory(16, name="ro") as mem:
+        with mem.map() as view:
+            view[:8] = b"readonly"
+        with mem.duplicate(protection=Protection.READ_ONLY) as ro:
+            report = run_reporter([ro], "ro")
+        assert report["ro"] == [16, "READ_ONLY", "readonly"]
+        mem.freeze()
+        report = run_reporter([mem], "ro")
+        assert report["ro"] == [16, "READ_ONLY", "readonly"]
+
+
+def test_stale_inherit_fds_is_replaced_or_removed() -> None:
+    env = child_env(NSPR_INHERIT_FDS="stale:1:0x63")
+    with AnonymousMemory(8, name="fresh") as mem:
+        assert run_reporter([mem], env=env)["env"] == f"fresh:1:0x{mem.fileno():x}"
+    assert run_reporter([], env=env)["env"] is None
+
+
+def test_stale_inherit_fds_from_os_environ_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NSPR_INHERIT_FDS", "stale:1:0x63")
+    monkeypatch.setenv("PYTHONPATH", child_env()["PYTHONPATH"])
+    with AnonymousMemory(8, name="fresh") as mem:
+        with spawn(python_child(REPORT), inherit=[mem], stdout=subprocess.PIPE, env=None) as c:
+            out, _ = c.communicate(timeout=60)
+        assert out is not None
+        assert json.loads(out)["env"] == f"fresh:1:0x{mem.fileno():x}"
+
+
+def test_popen_arguments_pass_through(tmp_path: Path) -> None:
+    code = "import os, sys; print(os.getcwd(), os.environ['EXTRA'], sys.stdin.read())"
+    with (
+        AnonymousMemory(8) as mem,
+        spawn(
+            python_child(code),
+            inherit=[mem],
+            cwd=tmp_path,
+            env=child_env(EXTRA="yes"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as child,
+    ):
+        assert isinstance(child, SharedChild)
+        assert child.pid > 0
+        assert child.stdin is not None
+        assert child.stdout is not None
+        assert child.inherited == {"anonshm": mem.fileno()}
+        out, err = child.communicate("input", timeout=60)
+    assert out is not None
+    assert out.split() == [str(tmp_path), "yes", "input"]
+    assert err == ""
+    assert child.returncode == 0
+
+
+def test_pass_fds_of_the_caller_are_kept(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        code = f"import os; os.write({write_end}, b'hi')"
+        with (
+            AnonymousMemory(8) as mem,
+            spawn(
+                python_child(code), inherit=[mem], pass_fds=[write_end], env=child_env()
+            ) as child,
+        ):
+            child.wait(timeout=60)
+        assert child.returncode == 0
+        assert os.read(read_end, 2) == b"hi"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_duplicate_names_are_a_value_error() -> None:
+    with AnonymousMemory(8, name="same") as a, AnonymousMemory(8, name="same") as b:
+        with pytest.raises(ValueError, match="same"):
+            spawn(["true"], inherit=[a, b])
+
+
+@pytest.mark.parametrize("inherit", [[b"x"], ["name"], [None]], ids=repr)
+def test_inherit_of_non_memories_is_a_type_error(inherit: list[object]) -> None:
+    with pytest.raises(TypeError, match="AnonymousMemory"):
+        spawn(["true"], inherit=inherit)  # type: ignore[arg-type]
+
+
+def test_a_bare_memory_is_a_type_error_with_a_hint() -> None:
+    with AnonymousMemory(8) as mem, pytest.raises(TypeError, match=r"inherit=\[mem\]"):
+        spawn(["true"], inherit=mem)  # type: ignore[call-overload]
+
+
+def test_bad_mapping_names_are_refused() -> None:
+    with AnonymousMemory(8) as mem:
+        with pytest.raises(ValueError, match="':'"):
+            spawn(["true"], inherit={"a:b": mem})
+        with pytest.raises(TypeError, match="name must be a str"):
+            spawn(["true"], inherit={3: mem})  # type: ignore[arg-type]
+
+
+def test_a_closed_memory_cannot_be_inherited() -> None:
+    mem = AnonymousMemory(8)
+    mem.close()
+    with pytest.raises(ValueError, match="closed"):
+        spawn(["true"], inherit=[mem])
+
+
+def test_child_outlives_the_parents_close() -> None:
+    code = """
+        import sys
+        from anonshm import AnonymousMemory
+        with AnonymousMemory.inherited("long") as mem, mem.map() as view:
+            sys.stdout.write("ready\\n"); sys.stdout.flush()
+            sys.stdin.readline()  # the parent closes its handle meanwhile
+            print(view[:5].decode())
+    """
+    with AnonymousMemory(64, name="long") as mem:
+        with mem.map() as view:
+            view[:5] = b"alive"
+        child = spawn(
+            python_child(code),
+            inherit=[mem],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
+    assert mem.closed
+    with child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        out, _ = child.communicate("go\n", timeout=60)
+    assert out is not None
+    assert out.strip() == "alive"
+    assert child.returncode == 0
+
+
+def test_with_block_kills_and_reaps_the_child_when_it_raises() -> None:
+    with AnonymousMemory(8) as mem, pytest.raises(RuntimeError, match="boom"):
+        with spawn(["sleep", "60"], inherit=[mem]) as child:
+            raise RuntimeError("boom")
+    assert child.returncode == -signal.SIGKILL
+
+
+def test_with_block_waits_on_normal_exit() -> None:
+    with spawn([sys.executable, "-c", "import time; time.sleep(0.2)"]) as child:
+        assert child.poll() is None
+    assert child.returncode == 0
+
+
+def test_terminate_kill_and_signals() -> None:
+    with spawn(["sleep", "60"]) as child:
+        child.terminate()
+        assert child.wait(timeout=10) == -signal.SIGTERM
+    with spawn(["sleep", "60"]) as child:
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=10) == -signal.SIGINT
+    assert "returncode=-2" in repr(child)
+
+
+def test_a_missing_program_raises_and_leaks_nothing(no_leaks: None) -> None:
+    with AnonymousMemory(8) as mem, pytest.raises(FileNotFoundError):
+        spawn(["/nonexistent/program"], inherit=[mem])
+
+
+def test_second_protocol_token_in_a_child() -> None:
+    code = """
+        import sys
+        from anonshm import AnonymousMemory
+        with AnonymousMemory.from_token(sys.argv[1]) as mem, mem.map() as view:
+            assert view[:4] == b"ping", view[:4]
+            view[4:8] = b"pong"
+            print(mem.size, mem.name, mem.protection.name)
+    """
+    with AnonymousMemory(100, name="tok") as mem, mem.map() as view:
+        view[:4] = b"ping"
+        token = mem.export()
+        assert token == f"{mem.fileno()}:1"
+        out = subprocess.run(
+            python_child(code, token),
+            pass_fds=[mem.fileno()],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert out.split() == ["100", "tok", "READ_WRITE"]
+        assert view[4:8] == b"pong"
+
+
+def test_a_token_is_meaningless_in_a_child_that_did_not_inherit_it() -> None:
+    code = """
+        import sys
+        from anonshm import AnonymousMemory, TokenError
+        try:
+            AnonymousMemory.from_token(sys.argv[1])
+        except TokenError as exc:
+            print("refused:", exc)
+    """
+    with AnonymousMemory(100) as mem:
+        token = f"{mem.fileno() + 50}:1"
+        out = subprocess.run(
+            python_child(code, token), env=child_env(), capture_output=True, text=True, check=True
+        ).stdout
+    assert out.startswith("refused:")
+    assert "not open" in out
+
+
+def test_inherited_twice_gives_independent_handles(monkeypatch: pytest.MonkeyPatch) -> None:
+    with AnonymousMemory(16, name="twice") as mem:
+        monkeypatch.setenv("NSPR_INHERIT_FDS", f"twice:1:0x{mem.fileno():x}")
+        first = AnonymousMemory.inherited("twice")
+        second = AnonymousMemory.inherited("twice")
+        assert len({first.fileno(), second.fileno(), mem.fileno()}) == 3
+        first.close()
+        second.close()
+        assert not is_closed(mem.fileno())
+
+
+def test_inherited_reports_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NSPR_INHERIT_FDS", raising=False)
+    with pytest.raises(InheritError, match="not set"):
+        AnonymousMemory.inherited("x")
+    monkeypatch.setenv("NSPR_INHERIT_FDS", "a:1:0x3:b:1:0x4")
+    with pytest.raises(InheritError, match="names only 'a', 'b'"):
+        AnonymousMemory.inherited("c")
+    monkeypatch.setenv("NSPR_INHERIT_FDS", "a:1:0x3:b:1")
+    with pytest.raises(InheritError, match="malformed"):
+        AnonymousMemory.inherited("a")
+    monkeypatch.setenv("NSPR_INHERIT_FDS", "sock:2:0x0")
+    with pytest.raises(InheritError, match="type 2"):
+        AnonymousMemory.inherited("sock")
+    with pytest.raises(ValueError, match="':'"):
+        AnonymousMemory.inherited("bad:name")
+
+
+def test_inherited_names_a_descriptor_that_is_not_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        monkeypatch.setenv("NSPR_INHERIT_FDS", f"p:1:0x{read_end:x}")
+        with pytest.raises(InheritError, match="a pipe"):
+            AnonymousMemory.inherited("p")
+        os.fstat(read_end)  # still open: never closed by the failed import
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_token_errors_are_value_errors_and_inherit_errors_lookup_errors() -> None:
+    assert issubclass(TokenError, ValueError)
+    assert issubclass(InheritError, LookupError)
