@@ -14,6 +14,7 @@ if sys.platform == "linux":
     from ._linux import (
         FIXED_SIZE_SEALS,
         FREEZE_SEALS,
+        WRITE_SEALS,
         create,
         freeze,
         kernel_name,
@@ -31,6 +32,7 @@ __all__ = [
     "FIXED_SIZE_SEALS",
     "FREEZE_SEALS",
     "NAME",
+    "WRITE_SEALS",
     "create",
     "freeze",
     "kernel_name",

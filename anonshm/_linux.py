@@ -23,6 +23,8 @@ MFD_NOEXEC_SEAL: Final = 0x0008  # Linux >= 6.3; Python 3.11's os module lacks i
 F_SEAL_FUTURE_WRITE: Final = 0x0010  # Linux >= 5.1; Python 3.11's fcntl lacks it
 FIXED_SIZE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 FREEZE_SEALS: Final = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+# Either seal refuses new writes; F_SEAL_SEAL alone (every tmpfs file has it) does not.
+WRITE_SEALS: Final = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE
 _MEMFD_PREFIX: Final = "/memfd:"
 _DELETED_SUFFIX: Final = " (deleted)"
 _NAMED_TRIES: Final = 20  # NSPR's own bound on the names it tries

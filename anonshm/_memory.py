@@ -177,7 +177,7 @@ class AnonymousMemory:
             if access == os.O_WRONLY:
                 raise error(f"{what} is open write-only and cannot be mapped")
             writable = access == os.O_RDWR
-            frozen = writable and _backend.seals(fd) & _backend.FREEZE_SEALS
+            frozen = writable and _backend.seals(fd) & _backend.WRITE_SEALS
             if protection is None:
                 writable = writable and not frozen
                 protection = Protection.READ_WRITE if writable else Protection.READ_ONLY
@@ -288,7 +288,7 @@ class AnonymousMemory:
     @property
     def frozen(self) -> bool:
         """Whether the kernel refuses every new write to the memory, for all holders."""
-        return bool(_backend.seals(self.fileno()) & _backend.FREEZE_SEALS)
+        return bool(_backend.seals(self.fileno()) & _backend.WRITE_SEALS)
 
     def fileno(self) -> int:
         """This handle's descriptor (close-on-exec; owned by this object: don't close it)."""
@@ -414,19 +414,21 @@ class AnonymousMemory:
                 read-only handle, or a kernel older than 5.1).
         """
         fd = self.fileno()
-        if self.frozen:
-            return
+        frozen = self.frozen
         if self._protection is not Protection.READ_WRITE:
+            if frozen:
+                return
             raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
-        try:
-            _backend.freeze(fd)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EPERM):
-                raise
-            raise AnonShmError(
-                f"cannot freeze {self._name!r}: only memfd memory can be sealed "
-                "(not a directory= file), on Linux >= 5.1"
-            ) from exc
+        if not frozen:
+            try:
+                _backend.freeze(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EPERM):
+                    raise
+                raise AnonShmError(
+                    f"cannot freeze {self._name!r}: only memfd memory can be sealed "
+                    "(not a directory= file), on Linux >= 5.1"
+                ) from exc
         readonly = _backend.reopen_readonly(fd)
         self._swap_fd(readonly)
         self._protection = Protection.READ_ONLY

@@ -356,3 +356,28 @@ def test_thousands_of_cycles_leak_nothing(backend: str, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     assert set(os.listdir("/dev/shm")) <= shm_before
     assert set(os.listdir(tempfile.gettempdir())) - tmp_before <= {tmp_path.name}
+
+
+def test_a_tmpfs_file_is_not_reported_frozen() -> None:
+    # Every tmpfs file carries F_SEAL_SEAL; that alone refuses no write.
+    with AnonymousMemory(10, directory="/dev/shm") as mem:
+        assert not mem.frozen
+        with pytest.raises(AnonShmError, match="cannot freeze"):
+            mem.freeze()
+        assert not mem.frozen
+
+
+def test_freeze_through_a_second_handle_makes_the_first_read_only_too() -> None:
+    with AnonymousMemory(10) as mem, mem.duplicate() as other:
+        mem.freeze()
+        assert other.frozen
+        assert other.protection is Protection.READ_WRITE  # its descriptor is still O_RDWR
+        with pytest.raises(PermissionError, match="frozen"):
+            other.map()
+        other.freeze()  # already frozen: this handle just drops to read-only
+        assert other.protection is Protection.READ_ONLY
+        with other.map() as view:
+            assert view.buf.readonly
+        with AnonymousMemory.from_token(other.export()) as imported:
+            assert imported.protection is Protection.READ_ONLY
+            assert imported.frozen
