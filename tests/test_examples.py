@@ -1,4 +1,4 @@
-"""Every protocol example runs as a user would run it, and succeeds."""
+"""Every protocol example and the CLI run as a user would run them, and succeed."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 from tests.conftest import ROOT, child_env
 
 
-@pytest.mark.parametrize("script", ["first_protocol.py", "second_protocol.py"])
-def test_protocol_example_runs(script: str) -> None:
+def run(*args: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / script)],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -21,34 +20,25 @@ def test_protocol_example_runs(script: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "client:" in result.stdout
-    assert "server:" in result.stdout
+    return result.stdout
+
+
+@pytest.mark.parametrize("script", ["first_protocol.py", "second_protocol.py"])
+def test_protocol_example_runs(script: str) -> None:
+    out = run(str(ROOT / "examples" / script))
+    assert "client:" in out
+    assert "server:" in out
 
 
 def test_cli_demo_runs_both_protocols() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "anonshm", "demo"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=child_env(),
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "ok   first (inheritance)" in result.stdout
-    assert "ok   second (token)" in result.stdout
-    assert result.stdout.count("[child ") >= 6
+    out = run("-m", "anonshm", "demo")
+    assert "ok   first (inheritance)" in out
+    assert "ok   second (token)" in out
+    assert out.count("[child ") >= 6
 
 
 def test_cli_info_reports_the_backend_and_features() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "anonshm", "info"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        check=True,
-    )
+    out = run("-m", "anonshm", "info")
     for label in (
         "backend",
         "memfd_create",
@@ -57,5 +47,5 @@ def test_cli_info_reports_the_backend_and_features() -> None:
         "transparent hugepages for shmem",
         "O_TMPFILE",
     ):
-        assert label in result.stdout
-    assert "linux: memfd_create by default" in result.stdout
+        assert label in out
+    assert "linux: memfd_create by default" in out
