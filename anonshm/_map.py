@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import mmap
 import warnings
-import weakref
 from typing import TYPE_CHECKING, final, overload
 
+from . import _finalizer
+
 if TYPE_CHECKING:
+    import weakref
+    from collections.abc import Callable
     from types import TracebackType
     from typing import Self
 
@@ -31,9 +34,11 @@ def _unmap(mm: mmap.mmap, buf: memoryview) -> None:
         pass
 
 
-def _warn_unclosed(label: str) -> None:
+def _warn_unclosed(
+    label: str, offset: int, length: int, _warn: Callable[..., None] = warnings.warn
+) -> None:
     # Holds nothing of the map: its pages go with the map and the views made from it.
-    warnings.warn(f"unclosed {label}", ResourceWarning, stacklevel=2)
+    _warn(f"unclosed MemoryMap {label!r} offset={offset} length={length}", ResourceWarning)
 
 
 @final
@@ -58,7 +63,7 @@ class MemoryMap:
     # Defaults: close() and repr() work on an object whose __init__ failed.
     _buf: memoryview | None = None
     _mmap: mmap.mmap | None = None
-    _finalizer: weakref.finalize[[str], MemoryMap] | None = None
+    _ref: weakref.ref[object] | None = None
 
     def __init__(
         self,
@@ -89,7 +94,7 @@ class MemoryMap:
             whole.release()
         self._mmap = mm
         self._buf = buf
-        self._finalizer = weakref.finalize(self, _warn_unclosed, f"{self!r}")
+        self._ref = _finalizer.watch(self, _warn_unclosed, label, offset, length)
 
     @property
     def buf(self) -> memoryview:
@@ -128,8 +133,9 @@ class MemoryMap:
         if buf is None or mm is None:
             return
         self._buf = self._mmap = None
-        if self._finalizer is not None:
-            self._finalizer.detach()
+        if self._ref is not None:
+            _finalizer.forget(self._ref)
+            self._ref = None  # no callback at all when the object goes
         _unmap(mm, buf)
 
     def flush(self) -> None:

@@ -11,7 +11,7 @@ import weakref
 from multiprocessing import reduction
 from typing import TYPE_CHECKING, Final, Protocol, final
 
-from . import _backend
+from . import _backend, _finalizer
 from ._errors import AnonShmError, InheritError, TokenError
 from ._handoff import receive_fd, send_fd
 from ._map import MemoryMap
@@ -35,6 +35,7 @@ __all__ = ["DEFAULT_NAME", "AnonymousMemory"]
 
 DEFAULT_NAME: Final = "anonshm"
 _MAX_SIZE: Final = 2**63 - 1  # off_t
+_PRUNE_AT: Final = 64  # maps tracked before the dead ones are swept out
 
 
 def _check_size(size: object) -> int:
@@ -48,6 +49,8 @@ def _check_size(size: object) -> int:
 
 
 def _check_protection(protection: object, what: str) -> Protection:
+    if type(protection) is Protection:  # the common case, without the Enum call
+        return protection
     if not isinstance(protection, int) or isinstance(protection, bool):
         raise TypeError(f"{what} must be a Protection, not {type(protection).__name__}")
     try:
@@ -56,9 +59,15 @@ def _check_protection(protection: object, what: str) -> Protection:
         raise ValueError(f"{what} must be 0, 1 or 2 (a Protection), not {protection!r}") from None
 
 
-def _collect(fd: int, label: str) -> None:
-    warnings.warn(f"unclosed {label}", ResourceWarning, stacklevel=2)
-    os.close(fd)
+def _close_unclosed(
+    fd: int,
+    name: str,
+    _warn: Callable[..., None] = warnings.warn,
+    _close: Callable[[int], None] = os.close,
+) -> None:
+    # Defaults bind what teardown may already have cleared from the module.
+    _warn(f"unclosed AnonymousMemory {name!r} fd={fd}", ResourceWarning)
+    _close(fd)
 
 
 @final
@@ -111,8 +120,9 @@ class AnonymousMemory:
     _size: int = 0
     _name: str = DEFAULT_NAME
     _protection: Protection = Protection.READ_WRITE
-    _maps: weakref.WeakSet[MemoryMap] | None = None
-    _finalizer: weakref.finalize[[int, str], AnonymousMemory] | None = None
+    _maps: list[weakref.ref[MemoryMap]] | None = None
+    _prune_at: int = _PRUNE_AT
+    _ref: weakref.ref[object] | None = None
 
     def __init__(
         self,
@@ -141,7 +151,7 @@ class AnonymousMemory:
         self._name = name
         self._protection = protection
         self._fd = fd
-        self._finalizer = weakref.finalize(self, _collect, fd, f"AnonymousMemory {name!r} fd={fd}")
+        self._ref = _finalizer.watch(self, _close_unclosed, fd, name)
 
     @classmethod
     def _adopt(
@@ -360,10 +370,19 @@ class AnonymousMemory:
             raise PermissionError(
                 exc.errno, f"cannot map {self._name!r} {protection.name}: the memory is frozen"
             ) from exc
-        if self._maps is None:
-            self._maps = weakref.WeakSet()
-        self._maps.add(view)
+        self._track(view)
         return view
+
+    def _track(self, view: MemoryMap) -> None:
+        # Weak references, so a map dropped unclosed is not kept alive by its memory.
+        maps = self._maps
+        if maps is None:
+            self._maps = [weakref.ref(view)]
+            return
+        maps.append(weakref.ref(view))
+        if len(maps) > self._prune_at:
+            maps[:] = [ref for ref in maps if (live := ref()) is not None and not live.closed]
+            self._prune_at = 2 * len(maps) + _PRUNE_AT
 
     def export(self) -> str:
         """NSPR's token for this memory, ``"<fd>:<prot>"`` (the second protocol).
@@ -435,12 +454,9 @@ class AnonymousMemory:
 
     def _swap_fd(self, fd: int) -> None:
         old = self._fd
-        if self._finalizer is not None:
-            self._finalizer.detach()
         self._fd = fd
-        self._finalizer = weakref.finalize(
-            self, _collect, fd, f"AnonymousMemory {self._name!r} fd={fd}"
-        )
+        if self._ref is not None:
+            _finalizer.rearm(self._ref, _close_unclosed, fd, self._name)
         os.close(old)
 
     def close(self) -> None:
@@ -453,12 +469,14 @@ class AnonymousMemory:
         if fd < 0:
             return
         self._fd = -1
-        if self._finalizer is not None:
-            self._finalizer.detach()
+        if self._ref is not None:
+            _finalizer.forget(self._ref)
+            self._ref = None  # no callback at all when the object goes
         maps, self._maps = self._maps, None
         try:
-            if maps is not None:
-                for view in list(maps):
+            for ref in maps or ():
+                view = ref()
+                if view is not None:
                     view.close()
         finally:
             os.close(fd)

@@ -6,6 +6,7 @@ is refused with a message that says what was wrong.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 
@@ -38,6 +39,12 @@ def check_name(name: object) -> str:
     """Return ``name`` if it can label a memory, else raise TypeError/ValueError."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
+    return _checked_name(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_name(name: str) -> str:
+    # Cached: a program labels its memories with a few names, over and over.
     if not name:
         raise ValueError("name must not be empty")
     if ":" in name or "\0" in name:
