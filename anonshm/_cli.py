@@ -159,7 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = commands.add_parser("info", help="the backend and the kernel features found")
     info.set_defaults(run=_info)
     ps = commands.add_parser("ps", help="anonymous memories held by this user's processes")
-    ps.add_argument("--all", action="store_true", help="every memfd, not only anonshm's")
+    ps.add_argument(
+        "--all",
+        action="store_true",
+        help="other users' processes too (those this user may inspect: all of them for root)",
+    )
     ps.set_defaults(run=_ps.main)
     args = parser.parse_args(argv)
     status: int = args.run(args)

@@ -34,7 +34,11 @@ def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: Prot
 
 def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
-    data, fds, flags, _ = socket.recv_fds(sock, _HEADER.size, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    # A stream is read header first, so no byte of the next message is taken; a datagram
+    # or seqpacket message must be read whole in one call, or the kernel drops its rest.
+    stream = sock.type == socket.SOCK_STREAM
+    bufsize = _HEADER.size if stream else _HEADER.size + MAX_NAME_BYTES + 1
+    data, fds, flags, _ = socket.recv_fds(sock, bufsize, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
     try:
         if not data and not fds:
             raise EOFError("the peer closed the socket before sending a memory")
@@ -42,19 +46,18 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
             raise TokenError(f"the peer sent more than {_MAX_FDS} descriptors with one memory")
         if len(fds) != 1:
             raise TokenError(f"a memory comes with exactly one descriptor, not {len(fds)}")
-        data += _receive_exactly(sock, _HEADER.size - len(data))
-        magic, size, protection, name_length = _HEADER.unpack(data)
+        if flags & socket.MSG_TRUNC:
+            raise TokenError(f"the handoff message is longer than {bufsize} bytes")
+        message = _Message(sock if stream else None, data)
+        magic, size, protection, name_length = _HEADER.unpack(message.take(_HEADER.size))
         if magic != _MAGIC:
             raise TokenError(f"not an anonshm handoff message (it starts {magic!r})")
         if protection not in (0, 1, 2):
             raise TokenError(f"the handoff message has protection {protection}, not 0, 1 or 2")
         if not 0 < name_length <= MAX_NAME_BYTES:
             raise TokenError(f"the handoff message announces a name of {name_length} bytes")
-        raw = _receive_exactly(sock, name_length)
-        try:
-            name = check_name(raw.decode())
-        except ValueError as exc:
-            raise TokenError(f"the handoff message carries a bad name {raw!r}: {exc}") from None
+        name = _decode_name(message.take(name_length))
+        message.finish()
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -62,12 +65,32 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
     return fds[0], name, size, Protection(protection)
 
 
-def _receive_exactly(sock: socket.socket, count: int) -> bytes:
-    chunks = []
-    while count > 0:
-        chunk = sock.recv(count)
-        if not chunk:
-            raise TokenError("the handoff message was cut short (the peer closed the socket)")
-        chunks.append(chunk)
-        count -= len(chunk)
-    return b"".join(chunks)
+class _Message:
+    """The bytes of one handoff message: what arrived, and on a stream what follows."""
+
+    def __init__(self, stream: socket.socket | None, data: bytes) -> None:
+        self._stream = stream
+        self._pending = bytearray(data)
+
+    def take(self, count: int) -> bytes:
+        while len(self._pending) < count and self._stream is not None:
+            chunk = self._stream.recv(count - len(self._pending))
+            if not chunk:
+                break
+            self._pending += chunk
+        if len(self._pending) < count:
+            raise TokenError("the handoff message was cut short")
+        taken = bytes(self._pending[:count])
+        del self._pending[:count]
+        return taken
+
+    def finish(self) -> None:
+        if self._pending:
+            raise TokenError(f"the handoff message has {len(self._pending)} bytes too many")
+
+
+def _decode_name(raw: bytes) -> str:
+    try:
+        return check_name(raw.decode())
+    except ValueError as exc:
+        raise TokenError(f"the handoff message carries a bad name {raw!r}: {exc}") from None

@@ -184,8 +184,9 @@ class AnonymousMemory:
             if size is not None and st.st_size != size:
                 raise error(f"{what} is {st.st_size} bytes, but {size} were announced")
             access = flags & os.O_ACCMODE
-            if access == os.O_WRONLY:
-                raise error(f"{what} is open write-only and cannot be mapped")
+            if access == os.O_WRONLY or flags & os.O_PATH:
+                mode = "write-only" if access == os.O_WRONLY else "with O_PATH"
+                raise error(f"{what} is open {mode} and cannot be mapped")
             writable = access == os.O_RDWR
             frozen = writable and _backend.seals(fd) & _backend.WRITE_SEALS
             if protection is None:
@@ -363,7 +364,13 @@ class AnonymousMemory:
                 )
         try:
             view = MemoryMap(
-                fd, offset, length, protection, populate=bool(populate), label=self._name
+                fd,
+                offset,
+                length,
+                protection,
+                populate=bool(populate),
+                hugepages=bool(hugepages),
+                label=self._name,
             )
         except PermissionError as exc:
             # EPERM: the seal of a memory frozen through another handle.

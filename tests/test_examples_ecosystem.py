@@ -1,0 +1,48 @@
+"""The ecosystem examples run as a user would run them, and do what they say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, child_env
+
+EXAMPLES = ROOT / "examples"
+
+
+def _run(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout}\n{result.stderr}"
+    assert not result.stderr, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("--start-method", "spawn", "--workers", "2")], ids=str)
+def test_numpy_pool_fills_the_shared_array_from_workers(args: tuple[str, ...]) -> None:
+    pytest.importorskip("numpy")
+    out = _run("numpy_pool.py", *args)
+    lines = out.splitlines()
+    slices = 2 * int(args[-1]) if args else 8  # two tasks per worker, 4 workers by default
+    assert f"filled {slices} slices of a 64x1000 float64 array" in lines[0]
+    assert len([line for line in lines if line.lstrip().startswith("rows ")]) == slices
+    assert lines[-1] == "parent checked every value: ok"
+
+
+def test_socket_handoff_reaches_a_client_it_did_not_pass_anything_to() -> None:
+    lines = _run("socket_handoff.py").splitlines()
+    server = [line for line in lines if line.startswith("[server ")]
+    client = [line for line in lines if line.startswith("[client ")]
+    assert {line.split()[1] for line in server} != {line.split()[1] for line in client}
+    assert any("reads b'hello from the server'" in line for line in client)
+    assert any("now holds b'hello back from the client'" in line for line in server)
+    assert lines[-1] == "ok: the server read the client's answer"

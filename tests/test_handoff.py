@@ -1,0 +1,274 @@
+"""send() and receive(): handing a memory over a Unix socket, and refusing bad messages."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import socket
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anonshm import AnonymousMemory, Protection, TokenError
+from tests.conftest import child_env, open_fds, python_child
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+    Pair = tuple[socket.socket, socket.socket]
+
+KINDS = [
+    pytest.param(socket.SOCK_STREAM, id="stream"),
+    pytest.param(socket.SOCK_SEQPACKET, id="seqpacket"),
+]
+
+# In-process pairs: everything a receive needs is queued before it starts, so waiting
+# longer would never help; the timeout only turns a hang into a failure.
+QUEUED_TIMEOUT = 2.0
+
+
+@pytest.fixture(params=KINDS)
+def pair(request: pytest.FixtureRequest, no_leaks: None) -> Iterator[Pair]:
+    """A connected (sender, receiver) pair; ``no_leaks`` checks after both are closed."""
+    left, right = socket.socketpair(socket.AF_UNIX, request.param)
+    with left, right:
+        right.settimeout(QUEUED_TIMEOUT)
+        yield left, right
+
+
+def _inode(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _message(mem: AnonymousMemory, kind: int) -> bytes:
+    """The bytes that send() puts on the wire for ``mem`` (its descriptor dropped)."""
+    left, right = socket.socketpair(socket.AF_UNIX, kind)
+    with left, right:
+        mem.send(left)
+        data, fds, _, _ = socket.recv_fds(right, 4096, 4)
+    for fd in fds:
+        os.close(fd)
+    return data
+
+
+@pytest.mark.parametrize("how", ["read-write", "read-only", "frozen"])
+def test_receive_gets_the_same_memory_with_name_size_and_protection(pair: Pair, how: str) -> None:
+    left, right = pair
+    protection = Protection.READ_ONLY if how == "read-only" else Protection.READ_WRITE
+    with AnonymousMemory(5000, name=f"handoff-{how}", protection=protection) as mem:
+        if how == "frozen":
+            mem.freeze()
+        mem.send(left)
+        assert not mem.closed
+        with AnonymousMemory.receive(right) as got:
+            assert (got.name, got.size, got.protection) == (mem.name, 5000, mem.protection)
+            assert _inode(got.fileno()) == _inode(mem.fileno())
+            assert got.fileno() != mem.fileno()
+            assert got.frozen == (how == "frozen")
+            if how == "read-write":
+                with got.map(4000) as view:
+                    view[:6] = b"landed"
+                with mem.map(4000, 6) as view:
+                    assert bytes(view.buf) == b"landed"
+            else:
+                with pytest.raises(PermissionError):
+                    got.map(protection=Protection.READ_WRITE)
+
+
+def test_messages_in_a_row_stay_apart(pair: Pair) -> None:
+    left, right = pair
+    with (
+        AnonymousMemory(10, name="first") as first,
+        AnonymousMemory(20, name="second-with-a-longer-name") as second,
+        contextlib.ExitStack() as stack,
+    ):
+        first.send(left)
+        second.send(left)
+        first.send(left)
+        got = [stack.enter_context(AnonymousMemory.receive(right)) for _ in range(3)]
+        assert [(mem.name, mem.size) for mem in got] == [
+            ("first", 10),
+            ("second-with-a-longer-name", 20),
+            ("first", 10),
+        ]
+        assert _inode(got[2].fileno()) == _inode(first.fileno())
+
+
+_RECEIVER = """
+    import os, socket, sys
+    from anonshm import AnonymousMemory
+
+    # Started without the memory: not one descriptor of a memfd before the handoff.
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+             if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [link for link in links if link.startswith("/memfd:")], links
+
+    with socket.socket(socket.AF_UNIX, int(sys.argv[2])) as sock:
+        sock.settimeout(60)
+        sock.connect(sys.argv[1])
+        with AnonymousMemory.receive(sock) as mem, mem.map() as view:
+            st = os.fstat(mem.fileno())
+            print(mem.name, mem.size, mem.protection.name, st.st_dev, st.st_ino)
+            print(bytes(view.buf[:13]).decode())
+            view[13:18] = b"child"
+"""
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unrelated_process_receives_the_memory(tmp_path: Path, kind: int) -> None:
+    path = str(tmp_path / "handoff.sock")
+    with (
+        socket.socket(socket.AF_UNIX, kind) as server,
+        AnonymousMemory(3000, name="for-a-stranger") as mem,
+    ):
+        server.bind(path)
+        server.listen(1)
+        server.settimeout(60)
+        with mem.map() as view:
+            view[:13] = b"from a server"
+        argv = python_child(_RECEIVER, path, str(int(kind)))
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+        ) as child:
+            try:
+                conn, _ = server.accept()
+                with conn:
+                    mem.send(conn)
+                out, err = child.communicate(timeout=60)
+            finally:
+                if child.returncode is None:
+                    child.kill()
+        assert child.returncode == 0, err
+        dev, ino = _inode(mem.fileno())
+        assert out.splitlines() == [
+            f"for-a-stranger 3000 READ_WRITE {dev} {ino}",
+            "from a server",
+        ]
+        with mem.map(13, 5) as view:
+            assert bytes(view.buf) == b"child"
+
+
+def _send_truncated_header(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    socket.send_fds(left, [_message(mem, kind)[:5]], [mem.fileno()])
+
+
+def _send_truncated_name(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    socket.send_fds(left, [_message(mem, kind)[:-3]], [mem.fileno()])
+
+
+def _send_no_descriptor(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    left.sendall(_message(mem, kind))
+
+
+def _send_garbage(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    socket.send_fds(left, [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"], [mem.fileno()])
+
+
+def _send_two_descriptors(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    socket.send_fds(left, [_message(mem, kind)], [mem.fileno(), mem.fileno()])
+
+
+def _send_many_descriptors(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    socket.send_fds(left, [_message(mem, kind)], [mem.fileno()] * 40)
+
+
+def _send_pipe(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    read, write = os.pipe()
+    try:
+        socket.send_fds(left, [_message(mem, kind)], [read])
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def _send_named_file(left: socket.socket, mem: AnonymousMemory, kind: int, path: Path) -> None:
+    path.write_bytes(bytes(mem.size))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        socket.send_fds(left, [_message(mem, kind)], [fd])
+    finally:
+        os.close(fd)
+
+
+def _send_wrong_size(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    with AnonymousMemory(mem.size * 2, name=mem.name) as bigger:
+        socket.send_fds(left, [_message(bigger, kind)], [mem.fileno()])
+
+
+def _send_escalated_protection(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    # A read-write announcement with a read-only descriptor must not be believed.
+    with mem.duplicate(protection=Protection.READ_ONLY) as readonly:
+        socket.send_fds(left, [_message(mem, kind)], [readonly.fileno()])
+
+
+def _send_nothing(left: socket.socket, mem: AnonymousMemory, kind: int) -> None:
+    pass
+
+
+BAD_MESSAGES = [
+    pytest.param(_send_truncated_header, TokenError, "cut short", id="truncated-header"),
+    pytest.param(_send_truncated_name, TokenError, "cut short", id="truncated-name"),
+    pytest.param(_send_no_descriptor, TokenError, "exactly one descriptor, not 0", id="no-fd"),
+    pytest.param(_send_garbage, TokenError, "not an anonshm handoff message", id="garbage"),
+    pytest.param(_send_two_descriptors, TokenError, "exactly one descriptor, not 2", id="two-fds"),
+    pytest.param(_send_many_descriptors, TokenError, "more than 8 descriptors", id="40-fds"),
+    pytest.param(_send_pipe, TokenError, "is a pipe, not an anonymous", id="pipe"),
+    pytest.param(_send_wrong_size, TokenError, r"4096 bytes, but 8192 were announced", id="size"),
+    pytest.param(_send_escalated_protection, TokenError, "descriptor is read-only", id="prot"),
+    pytest.param(_send_nothing, EOFError, "closed the socket before", id="eof"),
+]
+
+
+@pytest.mark.parametrize(("send", "error", "match"), BAD_MESSAGES)
+def test_a_bad_message_is_a_clear_error_and_leaks_nothing(
+    pair: Pair,
+    send: Callable[[socket.socket, AnonymousMemory, int], None],
+    error: type[Exception],
+    match: str,
+) -> None:
+    left, right = pair
+    with AnonymousMemory(4096, name="bad-message") as mem:
+        send(left, mem, left.type)
+        left.close()
+        with pytest.raises(error, match=match):
+            AnonymousMemory.receive(right)
+
+
+def test_a_named_file_is_refused_and_leaks_nothing(pair: Pair, tmp_path: Path) -> None:
+    left, right = pair
+    with AnonymousMemory(4096, name="bad-message") as mem:
+        _send_named_file(left, mem, left.type, tmp_path / "named")
+        left.close()
+        with pytest.raises(TokenError, match="named file"):
+            AnonymousMemory.receive(right)
+
+
+def test_sending_a_closed_memory_is_a_value_error(pair: Pair) -> None:
+    left, _ = pair
+    mem = AnonymousMemory(16)
+    mem.close()
+    with pytest.raises(ValueError, match="closed"):
+        mem.send(left)
+
+
+@settings(max_examples=60, deadline=None)
+@given(garbage=st.binary(min_size=1, max_size=300))
+def test_arbitrary_bytes_with_a_descriptor_never_leak(garbage: bytes) -> None:
+    with AnonymousMemory(64, name="fuzz") as mem:
+        gc.collect()
+        before = open_fds()
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with left, right:
+            right.settimeout(QUEUED_TIMEOUT)
+            socket.send_fds(left, [garbage], [mem.fileno()])
+            left.close()
+            with pytest.raises(TokenError):
+                AnonymousMemory.receive(right).close()
+        gc.collect()
+        assert open_fds() == before

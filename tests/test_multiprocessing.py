@@ -1,0 +1,206 @@
+"""multiprocessing and concurrent.futures hand the memory itself to their workers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import functools
+import multiprocessing
+import multiprocessing.context
+import os
+import pickle
+from multiprocessing import resource_sharer
+from typing import TYPE_CHECKING
+
+import pytest
+
+from anonshm import AnonymousMemory, Protection
+from tests._mp_workers import Seen, touch, touch_and_report, touch_slot
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+# Python >= 3.12 warns when forking a process that has threads (pytest's, a pool's);
+# the fork start method is what is under test here, so that warning is expected.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_the_descriptor_server() -> Iterator[None]:
+    """Leave no thread behind for the tests that follow (forking with threads warns).
+
+    multiprocessing serves descriptors to pool workers from a thread in this process
+    (``resource_sharer``) that it starts on first use and never stops by itself.
+    """
+    yield
+    resource_sharer.stop(timeout=60)
+
+
+START_METHODS = [
+    pytest.param(
+        method,
+        marks=pytest.mark.skipif(
+            method not in multiprocessing.get_all_start_methods(),
+            reason=f"no {method} start method on this platform",
+        ),
+    )
+    for method in ("fork", "spawn", "forkserver")
+]
+
+GREETING = b"parent wrote this"
+
+
+def _context(
+    method: str,
+) -> (
+    multiprocessing.context.ForkContext
+    | multiprocessing.context.SpawnContext
+    | multiprocessing.context.ForkServerContext
+):
+    ctx = multiprocessing.get_context(method)
+    assert isinstance(
+        ctx,
+        multiprocessing.context.ForkContext
+        | multiprocessing.context.SpawnContext
+        | multiprocessing.context.ForkServerContext,
+    )
+    return ctx
+
+
+def _memory(name: str, size: int = 4096) -> AnonymousMemory:
+    mem = AnonymousMemory(size, name=name)
+    with mem.map(length=len(GREETING)) as view:
+        view[:] = GREETING
+    return mem
+
+
+def _assert_same_memory(seen: Seen, mem: AnonymousMemory) -> None:
+    st = os.fstat(mem.fileno())
+    assert seen.pid != os.getpid()
+    assert (seen.name, seen.size, seen.protection) == (mem.name, mem.size, int(mem.protection))
+    assert (seen.device, seen.inode) == (st.st_dev, st.st_ino)
+    assert seen.head == (GREETING + bytes(16))[: min(16, mem.size)]
+
+
+def _read(mem: AnonymousMemory, offset: int, length: int) -> bytes:
+    with mem.map(offset, length) as view:
+        return bytes(view.buf)
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_process_gets_the_same_memory(method: str) -> None:
+    ctx = _context(method)
+    with _memory(f"mp-process-{method}") as mem:
+        receiver, sender = ctx.Pipe(duplex=False)
+        with receiver:
+            process = ctx.Process(target=touch_and_report, args=(sender, mem, b"worker wrote"))
+            process.start()
+            sender.close()
+            seen = receiver.recv()
+            process.join(60)
+        assert process.exitcode == 0
+        process.close()
+        _assert_same_memory(seen, mem)
+        assert not seen.writable_map_refused
+        assert _read(mem, 0, 12) == b"worker wrote"
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_apply_and_map_get_the_same_memory(method: str) -> None:
+    ctx = _context(method)
+    with _memory(f"mp-pool-{method}") as mem, ctx.Pool(2) as pool:
+        applied = pool.apply(touch, (mem, b"applied", 100))
+        mapped = pool.map(functools.partial(touch_slot, mem), range(32, 40))
+        starmapped = pool.starmap(touch_slot, [(mem, slot) for slot in range(40, 44)])
+        pool.close()
+        pool.join()
+        for seen in [applied, *mapped, *starmapped]:
+            _assert_same_memory(seen, mem)
+        assert _read(mem, 100, 7) == b"applied"
+        assert _read(mem, 32, 12) == bytes(range(33, 45))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_process_pool_executor_gets_the_same_memory(method: str) -> None:
+    ctx = _context(method)
+    with (
+        _memory(f"mp-executor-{method}") as mem,
+        concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as executor,
+    ):
+        submitted = executor.submit(touch, mem, b"submitted", 200).result(timeout=60)
+        mapped = list(executor.map(touch_slot, [mem] * 4, range(50, 54), timeout=60))
+        for seen in [submitted, *mapped]:
+            _assert_same_memory(seen, mem)
+        assert _read(mem, 200, 9) == b"submitted"
+        assert _read(mem, 50, 4) == bytes(range(51, 55))
+
+
+@pytest.mark.parametrize("how", ["frozen", "read-only duplicate"])
+@pytest.mark.parametrize(
+    ("kind", "method"), [("process", "spawn"), ("process", "fork"), ("pool", "fork")]
+)
+def test_read_only_memory_arrives_read_only(how: str, kind: str, method: str) -> None:
+    with _memory(f"mp-readonly-{kind}-{method}") as mem:
+        if how == "frozen":
+            mem.freeze()
+            handed = mem
+        else:
+            handed = mem.duplicate(protection=Protection.READ_ONLY)
+        try:
+            ctx = _context(method)
+            if kind == "pool":
+                with ctx.Pool(1) as pool:
+                    seen = pool.apply(touch, (handed, b"must not land"))
+                    pool.close()
+                    pool.join()
+            else:
+                receiver, sender = ctx.Pipe(duplex=False)
+                with receiver:
+                    process = ctx.Process(
+                        target=touch_and_report, args=(sender, handed, b"must not land")
+                    )
+                    process.start()
+                    sender.close()
+                    seen = receiver.recv()
+                    process.join(60)
+                assert process.exitcode == 0
+                process.close()
+            _assert_same_memory(seen, handed)
+            assert seen.protection == Protection.READ_ONLY
+            assert seen.writable_map_refused
+            assert seen.frozen == (how == "frozen")
+            assert _read(mem, 0, len(GREETING)) == GREETING
+        finally:
+            handed.close()
+
+
+def test_closed_memory_is_refused_in_the_parent() -> None:
+    mem = AnonymousMemory(16, name="mp-closed")
+    mem.close()
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        with pytest.raises(ValueError, match="closed"):
+            pool.apply(touch, (mem, b"x"))
+        pool.close()
+        pool.join()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_plain_pickle_of_a_memory_is_a_clear_type_error(protocol: int) -> None:
+    with AnonymousMemory(16) as mem:
+        with pytest.raises(TypeError, match=r"AnonymousMemory cannot be pickled.*multiprocessing"):
+            pickle.dumps(mem, protocol=protocol)
+        with mem.map() as view:
+            with pytest.raises(TypeError, match="MemoryMap cannot be pickled"):
+                pickle.dumps(view, protocol=protocol)
+
+
+def test_copying_a_memory_is_refused() -> None:
+    # A shallow copy would share the descriptor number: two owners, a double close.
+    with AnonymousMemory(16) as mem, mem.map() as view:
+        for clone in (copy.copy, copy.deepcopy):
+            with pytest.raises(TypeError, match="cannot be pickled"):
+                clone(mem)
+            with pytest.raises(TypeError, match="cannot be pickled"):
+                clone(view)
