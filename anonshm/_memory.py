@@ -573,6 +573,13 @@ class _DupFd(Protocol):
 def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tuple[object, ...]]:
     # multiprocessing's DupFd sends the descriptor itself: through the spawning
     # process for spawn/forkserver, or its resource sharer for pools and queues.
+    if memory.closed:
+        # Pools pickle their arguments later, in a thread: the usual cause is closing
+        # the memory right after submit().
+        raise ValueError(
+            f"{memory!r} was closed before multiprocessing sent it; keep it open until "
+            "the worker has received it (e.g. until the task's result is in)"
+        )
     dup = reduction.DupFd(memory.fileno())
     return _rebuild, (dup, memory.name, memory.protection)
 
