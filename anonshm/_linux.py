@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import secrets
 from typing import Final
 
 __all__ = [
@@ -75,7 +74,7 @@ def _named_then_unlinked(directory: str) -> int:
     # NSPR's strategy: the name exists only between open and unlink, mode 0600.
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_NAMED_TRIES):
-        path = os.path.join(directory, f".anonshm-{secrets.token_hex(12)}")
+        path = os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")
         try:
             fd = os.open(path, flags, 0o600)
         except FileExistsError:

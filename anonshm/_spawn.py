@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, AnyStr, Generic, Literal, TypedDict, final, overload
 
@@ -11,6 +10,7 @@ from ._memory import AnonymousMemory
 from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
 
 if TYPE_CHECKING:
+    import subprocess
     from types import TracebackType
     from typing import Self
 
@@ -258,5 +258,7 @@ def spawn(
         env.pop(INHERIT_VARIABLE, None)
     popen_kwargs["env"] = env
     popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), *(fd for _, fd in entries))
+    import subprocess  # noqa: PLC0415 - a child that only imports memory never pays for it
+
     popen = subprocess.Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs)
     return SharedChild(popen, dict(entries))
