@@ -1,0 +1,395 @@
+"""anonshm benchmarks: every scenario, every contender side by side, in one run.
+
+Usage::
+
+    .venv/bin/python benchmarks/run.py               # full run: a few minutes on 2 cores
+    .venv/bin/python benchmarks/run.py --quick       # well under a minute (CI keeps it working)
+    .venv/bin/python benchmarks/run.py --json out.json --only lifecycle,spawn
+    .venv/bin/python benchmarks/run.py --profile     # where anonshm's time goes, per call
+
+Contenders are interleaved round by round and reported by their median, with the ratio
+to anonshm (above 1: slower than anonshm).  The goals section is informational: the exit
+status is 0 whether goals pass or miss.  See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import _child
+import _handoffs
+import _harness
+import _scenarios
+from _harness import GIB, KIB, MIB, Case, human, interleave, seconds
+
+import anonshm
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SCENARIOS: Final = ("lifecycle", "handoff", "spawn", "touch")
+THP_SHMEM: Final = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each scenario to run: sizes, rounds and batch counts."""
+
+    lifecycle: tuple[tuple[int, int, int], ...]  # (size, calls per trial, rounds)
+    handoff: tuple[tuple[int, int, int], ...]  # (size, rounds, warmup rounds)
+    handoff_budget: float  # seconds per (mode, size) before rounds stop early
+    spawn_calls: int
+    spawn_rounds: int
+    touch_size: int
+    touch_rounds: int
+
+
+FULL: Final = Plan(
+    lifecycle=((4 * KIB, 200, 25), (64 * MIB, 1, 15)),
+    handoff=(
+        (4 * KIB, 15, 1),
+        (1 * MIB, 15, 1),
+        (64 * MIB, 9, 1),
+        (256 * MIB, 5, 1),
+        (1 * GIB, 2, 0),  # two rounds of a gibibyte per contender is already ~30 s
+    ),
+    handoff_budget=60.0,
+    spawn_calls=20,
+    spawn_rounds=15,
+    touch_size=256 * MIB,
+    touch_rounds=7,
+)
+QUICK: Final = Plan(
+    lifecycle=((4 * KIB, 100, 15), (64 * MIB, 1, 5)),
+    handoff=((4 * KIB, 5, 1), (1 * MIB, 3, 0), (16 * MIB, 5, 1)),
+    handoff_budget=4.0,
+    spawn_calls=10,
+    spawn_rounds=5,
+    touch_size=64 * MIB,
+    touch_rounds=3,
+)
+
+
+def _title(text: str) -> None:
+    print(f"\n== {text} ==", flush=True)
+
+
+def print_case(case: Case, extra: tuple[str, ...] = ()) -> None:
+    """One table: median, quartiles and the ratio to anonshm, per contender."""
+    extras = "".join(f"{name:>11}" for name in extra)
+    print(f"-- {case.case}")
+    print(f"   {'contender':<31}{'median':>10}{'q1':>10}{'q3':>10}{extras}  vs anonshm")
+    for name in case.samples:
+        q1, q3 = case.spread(name)
+        cells = "".join(f"{seconds(case.median(name, metric)):>11}" for metric in extra)
+        ratio = case.ratio(name)
+        mark = "  (baseline)" if name == case.baseline else ""
+        print(
+            f"   {name:<31}{seconds(case.median(name)):>10}{seconds(q1):>10}{seconds(q3):>10}"
+            f"{cells}  {ratio:6.2f}x{mark}"
+        )
+    for note in case.notes:
+        print(f"   note: {note}")
+    sys.stdout.flush()
+
+
+def run_lifecycle(plan: Plan) -> Iterator[Case]:
+    _title("1. lifecycle: create, map, touch every page, close (time per lifecycle)")
+    for size, calls, rounds in plan.lifecycle:
+        case = Case("lifecycle", human(size), "anonshm")
+        interleave(case, _scenarios.lifecycle_trials(size, calls), rounds=rounds, warmup=1)
+        print_case(case)
+        yield case
+
+
+def _fits(size: int) -> bool:
+    need = _handoffs.MEMORY_FACTOR * size + _handoffs.MEMORY_SLACK
+    return size < 64 * MIB or _harness.available_memory() >= need
+
+
+def run_handoff(plan: Plan) -> Iterator[Case]:
+    modes = (
+        ("fresh child per handoff", _handoffs.FRESH, "anonshm export+pass_fds"),
+        ("long-lived worker", None, "anonshm send/receive"),
+    )
+    for mode, fresh, baseline in modes:
+        _title(f"2. handoff, {mode}: data ready in the parent -> child has read it all")
+        with ExitStack() as stack:
+            if fresh is None:
+                contenders = [(name, start(stack)) for name, start in _handoffs.LONG_LIVED]
+            else:
+                contenders = list(fresh)
+            for size, rounds, warmup in plan.handoff:
+                case = Case(f"handoff/{mode}", human(size), baseline)
+                if not _fits(size):
+                    case.notes.append(f"skipped: less than {_handoffs.MEMORY_FACTOR}x free memory")
+                    print(f"-- {case.case}: skipped (not enough free memory)")
+                    yield case
+                    continue
+                payload = _handoffs.Payload.make(size)
+                # A handoff to a worker can take 50 µs: average a few per trial, so one
+                # scheduler hiccup is diluted instead of becoming a sample of its own.
+                count = 1 if fresh is not None else max(1, min(20, (1 * MIB) // size))
+                trials = _handoffs.trials(contenders, payload, count)
+                if count > 1:
+                    case.notes.append(f"each sample is the mean of {count} handoffs")
+                interleave(case, trials, rounds=rounds, warmup=warmup, budget=plan.handoff_budget)
+                del payload, trials
+                print_case(case)
+                yield case
+
+
+def run_spawn(plan: Plan) -> Iterator[Case]:
+    _title(f"3. spawn overhead: {_scenarios.TRUE} with one memory passed, then wait()")
+    with anonshm.AnonymousMemory(4 * KIB) as mem:
+        case = Case("spawn", f"{_scenarios.TRUE}, 4 KiB memory", "anonshm spawn(inherit)")
+        trials = _scenarios.spawn_trials(mem, plan.spawn_calls)
+        interleave(case, trials, rounds=plan.spawn_rounds, warmup=1)
+    print_case(case)
+    yield case
+
+
+def _set_thp(value: str) -> str | None:
+    """Write shmem_enabled; return the previous value (the bracketed word) or None."""
+    try:
+        with open(THP_SHMEM) as file:
+            words = file.read().split()
+        previous = next(word.strip("[]") for word in words if word.startswith("["))
+        with open(THP_SHMEM, "w") as file:
+            file.write(value)
+    except (OSError, StopIteration) as exc:
+        print(f"   --try-thp: cannot set {THP_SHMEM} to {value!r}: {exc}")
+        return None
+    return previous
+
+
+def run_touch(plan: Plan, try_thp: bool) -> Iterator[Case]:
+    size = plan.touch_size
+    _title(f"4. first touch of {human(size)}: setup (create+map), then one write per page")
+    shmem = _harness.read_text(THP_SHMEM)
+    print(f"   {THP_SHMEM}: {shmem}")
+    previous = None
+    if try_thp:
+        if os.geteuid() != 0:
+            print("   --try-thp: not root, leaving the setting alone")
+        else:
+            previous = _set_thp("advise")
+            if previous is not None:
+                print(f"   --try-thp: set to 'advise' for this scenario (was {previous!r})")
+    try:
+        case = Case("first touch", human(size), "map() lazy, then touch")
+        case.notes.append(f"shmem_enabled: {_harness.read_text(THP_SHMEM)}")
+        probe = _scenarios.hugepage_probe(size)
+        case.notes.append(
+            f"map(hugepages=True): MADV_HUGEPAGE in VmFlags: {probe['advised']}, "
+            f"bytes on huge pages: {probe['huge_bytes']}"
+        )
+        interleave(case, _scenarios.first_touch_trials(size), rounds=plan.touch_rounds, warmup=1)
+    finally:
+        if previous is not None:
+            _set_thp(previous)
+            print(f"   --try-thp: restored {previous!r}")
+    print_case(case, extra=("setup", "touch"))
+    yield case
+
+
+@dataclass
+class Goal:
+    text: str
+    value: float
+    limit: float
+    higher_is_better: bool
+    measured: bool = True
+
+    @property
+    def verdict(self) -> str:
+        if not self.measured or math.isnan(self.value):
+            return "n/a"
+        ok = self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+        return "pass" if ok else "MISS"
+
+
+def _find(cases: list[Case], scenario: str, case: str) -> Case | None:
+    return next((c for c in cases if c.scenario == scenario and c.case == case), None)
+
+
+def goals(cases: list[Case]) -> list[Goal]:
+    found: list[Goal] = []
+    for mode, mine, raw in (
+        ("fresh child per handoff", "anonshm export+pass_fds", "raw memfd+pass_fds"),
+        ("long-lived worker", "anonshm send/receive", "raw memfd send_fds"),
+    ):
+        for case in cases:
+            if case.scenario == f"handoff/{mode}" and case.samples:
+                value = case.median(mine) / case.median(raw)
+                text = f"handoff {mode}, {case.case}: anonshm / raw memfd <= 1.10"
+                found.append(Goal(text, value, 1.10, higher_is_better=False))
+    life = _find(cases, "lifecycle", "4 KiB")
+    if life is not None:
+        value = life.median("anonshm") / life.median("raw memfd+mmap")
+        found.append(Goal("lifecycle 4 KiB: anonshm / raw memfd <= 1.5", value, 1.5, False))
+        value = life.median("SharedMemory") / life.median("anonshm")
+        found.append(Goal("lifecycle 4 KiB: SharedMemory / anonshm >= 2", value, 2.0, True))
+    worker = _find(cases, "handoff/long-lived worker", "256 MiB")
+    text = "handoff 256 MiB to a long-lived worker: pickle pipe / anonshm >= 10"
+    if worker is not None and worker.samples:
+        value = worker.median("pickle through pipe") / worker.median("anonshm send/receive")
+        found.append(Goal(text, value, 10.0, True))
+    else:
+        found.append(Goal(text + " (256 MiB not run)", float("nan"), 10.0, True, False))
+    spawn_case = next((c for c in cases if c.scenario == "spawn"), None)
+    if spawn_case is not None:
+        value = spawn_case.median("anonshm spawn(inherit)") / spawn_case.median(
+            "Popen(pass_fds, env=)"
+        )
+        found.append(Goal("spawn: anonshm / Popen(pass_fds, env=) <= 1.05", value, 1.05, False))
+    return found
+
+
+def print_goals(found: list[Goal]) -> None:
+    _title("goals (medians from this run; informational, the exit status ignores them)")
+    for goal in found:
+        value = "-" if math.isnan(goal.value) else f"{goal.value:.2f}"
+        print(f"   {goal.verdict:<5} {value:>7}  {goal.text}")
+
+
+def _leftover_shm() -> set[str]:
+    try:
+        return {name for name in os.listdir("/dev/shm") if name.startswith("psm_")}
+    except OSError:
+        return set()
+
+
+def _stop_resource_tracker() -> None:
+    # SharedMemory started multiprocessing's tracker; stop and reap it rather than leave
+    # it to notice our exit.  _stop is private (3.8+), hence the guard.
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if callable(stop):
+        stop()
+
+
+def _finite(value: object) -> object:
+    """``value`` with NaN (a median of nothing) as null: NaN is not JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few rounds (CI)")
+    parser.add_argument("--json", metavar="PATH", help="also write every sample as JSON")
+    parser.add_argument(
+        "--only",
+        metavar="LIST",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios to run, of {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--reader",
+        choices=["crc32", "numpy"],
+        default="crc32",
+        help="how children read the bytes (crc32: no import cost; numpy: a uint64 sum)",
+    )
+    parser.add_argument(
+        "--try-thp",
+        action="store_true",
+        help="as root, set shmem_enabled to 'advise' during the first-touch scenario only",
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile anonshm's hot paths instead"
+    )
+    args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    os.environ[_child.READER_VARIABLE] = args.reader  # children inherit the choice
+    # Children get a bytecode cache of their own, as an installed package has: with
+    # PYTHONDONTWRITEBYTECODE set (as in some CI images) every fresh child would compile
+    # anonshm from source again, ~10 ms that no real deployment pays.  A private prefix
+    # keeps the cache out of the source tree; it is removed at the end.
+    pycache = tempfile.mkdtemp(prefix="anonshm-bench-pycache-")
+    dont_write = os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = pycache
+    try:
+        if args.profile:
+            import _profile
+
+            return _profile.main()
+        return _run(args, only)
+    finally:
+        shutil.rmtree(pycache, ignore_errors=True)
+        if dont_write is not None:
+            os.environ["PYTHONDONTWRITEBYTECODE"] = dont_write
+
+
+def _run(args: argparse.Namespace, only: list[str]) -> int:
+    plan = QUICK if args.quick else FULL
+    machine = _harness.machine(anonshm.__file__ or "?")
+    print("anonshm benchmarks", "(quick)" if args.quick else "(full)")
+    for key, value in machine.items():
+        shown = human(value) if key.startswith("memory_") and isinstance(value, int) else value
+        print(f"   {key:<18} {shown}")
+    print(f"   {'reader':<18} {args.reader}")
+    print(f"   {'child bytecode':<18} cached in a private PYTHONPYCACHEPREFIX")
+    print("   ratio: contender median / anonshm median (above 1: slower than anonshm)")
+    started = time.perf_counter()
+    shm_before = _leftover_shm()
+    cases: list[Case] = []
+    try:
+        if "lifecycle" in only:
+            cases.extend(run_lifecycle(plan))
+        if "handoff" in only:
+            cases.extend(run_handoff(plan))
+        if "spawn" in only:
+            cases.extend(run_spawn(plan))
+        if "touch" in only:
+            cases.extend(run_touch(plan, args.try_thp))
+    finally:
+        _stop_resource_tracker()
+    found = goals(cases)
+    print_goals(found)
+    leftovers = sorted(_leftover_shm() - shm_before)
+    if leftovers:
+        print(f"\nwarning: left in /dev/shm: {', '.join(leftovers)}")
+    elapsed = time.perf_counter() - started
+    machine["loadavg_end"] = _harness.read_text("/proc/loadavg")
+    print(f"\ndone in {elapsed:.1f} s (load average now {machine['loadavg_end']})")
+    if args.json:
+        report = {
+            "mode": "quick" if args.quick else "full",
+            "reader": args.reader,
+            "elapsed_s": elapsed,
+            "machine": machine,
+            "cases": [case.to_json() for case in cases],
+            "goals": [
+                {"goal": g.text, "value": g.value, "limit": g.limit, "verdict": g.verdict}
+                for g in found
+            ],
+            "leftover_dev_shm": leftovers,
+        }
+        with open(args.json, "w") as file:
+            json.dump(_finite(report), file, indent=1, allow_nan=False)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
