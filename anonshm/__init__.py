@@ -6,6 +6,7 @@ inheritance (:func:`spawn` and :meth:`AnonymousMemory.inherited`) and the export
 string token (:meth:`AnonymousMemory.export` and :meth:`AnonymousMemory.from_token`).
 """
 
+from . import _multiprocessing
 from ._errors import AnonShmError, InheritError, TokenError
 from ._map import MemoryMap
 from ._memory import AnonymousMemory
@@ -25,3 +26,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_multiprocessing.install()

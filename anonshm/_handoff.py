@@ -8,13 +8,15 @@ descriptor that arrived is closed, so a hostile peer cannot make this process le
 from __future__ import annotations
 
 import os
-import socket
 import struct
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ._errors import TokenError
 from ._protection import Protection
 from ._wire import MAX_NAME_BYTES, check_name
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["receive_fd", "send_fd"]
 
@@ -25,6 +27,8 @@ _MAX_FDS: Final = 8  # room to see (and close) descriptors a hostile peer adds
 
 def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: Protection) -> None:
     """Send one memory's descriptor and description over a connected Unix socket."""
+    import socket  # noqa: PLC0415 - 2 ms of import that a child mapping memory never needs
+
     raw = name.encode()
     message = _HEADER.pack(_MAGIC, size, protection.value, len(raw)) + raw
     sent = socket.send_fds(sock, [message], [fd])
@@ -34,6 +38,8 @@ def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: Prot
 
 def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
+    import socket  # noqa: PLC0415 - 2 ms of import that a child mapping memory never needs
+
     # A stream is read header first, so no byte of the next message is taken; a datagram
     # or seqpacket message must be read whole in one call, or the kernel drops its rest.
     stream = sock.type == socket.SOCK_STREAM

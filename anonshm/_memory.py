@@ -8,8 +8,7 @@ import os
 import stat
 import warnings
 import weakref
-from multiprocessing import reduction
-from typing import TYPE_CHECKING, Final, Protocol, final
+from typing import TYPE_CHECKING, Final, final
 
 from . import _backend, _finalizer
 from ._errors import AnonShmError, InheritError, TokenError
@@ -564,32 +563,3 @@ def _describe_mode(mode: int) -> str:
         if test(mode):
             return kind
     return "not a regular file"
-
-
-class _DupFd(Protocol):
-    def detach(self) -> int: ...
-
-
-def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tuple[object, ...]]:
-    # multiprocessing's DupFd sends the descriptor itself: through the spawning
-    # process for spawn/forkserver, or its resource sharer for pools and queues.
-    if memory.closed:
-        # Pools pickle their arguments later, in a thread: the usual cause is closing
-        # the memory right after submit().
-        raise ValueError(
-            f"{memory!r} was closed before multiprocessing sent it; keep it open until "
-            "the worker has received it (e.g. until the task's result is in)"
-        )
-    dup = reduction.DupFd(memory.fileno())
-    return _rebuild, (dup, memory.name, memory.protection)
-
-
-def _rebuild(dup: _DupFd, name: str, protection: Protection) -> AnonymousMemory:
-    fd = dup.detach()
-    os.set_inheritable(fd, False)
-    what = f"memory {name!r} from multiprocessing"
-    return AnonymousMemory._adopt(fd, protection, TokenError, what, name=name)
-
-
-# Only multiprocessing's pickler knows this reducer: plain pickle meets __reduce__.
-reduction.register(AnonymousMemory, _reduce)

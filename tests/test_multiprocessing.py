@@ -16,6 +16,7 @@ import pytest
 
 from anonshm import AnonymousMemory, Protection
 from tests._mp_workers import Seen, touch, touch_and_report, touch_slot
+from tests.conftest import run_child
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -204,3 +205,24 @@ def test_copying_a_memory_is_refused() -> None:
                 clone(mem)
             with pytest.raises(TypeError, match="cannot be pickled"):
                 clone(view)
+
+
+def test_multiprocessing_imported_after_anonshm_still_carries_the_memory() -> None:
+    # anonshm defers its reducer until multiprocessing is imported: check both halves.
+    code = """
+        import sys
+        import anonshm
+        assert "multiprocessing" not in sys.modules, "import anonshm loaded multiprocessing"
+        import multiprocessing
+        from tests._mp_workers import touch
+        with anonshm.AnonymousMemory(64, name="late") as mem:
+            context = multiprocessing.get_context("spawn")
+            worker = context.Process(target=touch, args=(mem, b"late"))
+            worker.start()
+            worker.join(60)
+            assert worker.exitcode == 0, worker.exitcode
+            with mem.map() as view:
+                assert view[:4] == b"late", view[:4]
+        print("ok")
+    """
+    assert run_child(code).stdout.strip() == "ok"
