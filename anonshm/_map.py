@@ -83,14 +83,16 @@ class MemoryMap:
         self._label = label
         # mmap offsets must be page-aligned: map from the page start, then slice.
         skew = offset % mmap.ALLOCATIONGRANULARITY
-        flags = protection.mmap_flags | (_POPULATE if populate else 0)
-        mm = mmap.mmap(fd, length + skew, flags, protection.mmap_prot, offset=offset - skew)
+        flags, prot = protection.mmap_args
+        if populate:
+            flags |= _POPULATE
+        mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew)
         if hugepages and _HUGEPAGE:
             # Only a hint: shmem uses huge pages only if shmem_enabled allows "advise".
             mm.madvise(_HUGEPAGE)
-        whole = memoryview(mm)
-        buf = whole[skew : skew + length] if skew or length != len(whole) else whole
-        if buf is not whole:
+        buf = memoryview(mm)
+        if skew:
+            whole, buf = buf, buf[skew:]
             whole.release()
         self._mmap = mm
         self._buf = buf

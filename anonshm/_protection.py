@@ -36,13 +36,13 @@ class Protection(enum.IntEnum):
         return wanted is not Protection.READ_WRITE or self is Protection.READ_WRITE
 
     @property
-    def mmap_flags(self) -> int:
-        """The ``mmap`` flags NSPR uses for this protection (shared or private)."""
-        return mmap.MAP_SHARED if self is Protection.READ_WRITE else mmap.MAP_PRIVATE
+    def mmap_args(self) -> tuple[int, int]:
+        """The ``mmap`` flags and page protection NSPR uses for this protection."""
+        return _MMAP_ARGS[self]
 
-    @property
-    def mmap_prot(self) -> int:
-        """The ``mmap`` page protection NSPR uses for this protection."""
-        if self is Protection.READ_ONLY:
-            return mmap.PROT_READ
-        return mmap.PROT_READ | mmap.PROT_WRITE
+
+_MMAP_ARGS: dict[Protection, tuple[int, int]] = {
+    Protection.READ_ONLY: (mmap.MAP_PRIVATE, mmap.PROT_READ),
+    Protection.READ_WRITE: (mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
+    Protection.WRITE_COPY: (mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE),
+}

@@ -129,7 +129,7 @@ def pieces() -> None:
         view = held.map()
         _row("  repr(view) (built eagerly as the finalizer's label)", lambda: repr(view))
         _row("  Protection.READ_WRITE.name", lambda: rw.name)
-        _row("  Protection.mmap_flags + mmap_prot", lambda: rw.mmap_flags | rw.mmap_prot)
+        _row("  Protection.mmap_args", lambda: rw.mmap_args)
         maps: weakref.WeakSet[MemoryMap] = weakref.WeakSet()
 
         def weakset() -> None:
