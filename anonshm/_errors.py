@@ -22,7 +22,17 @@ __all__ = ["AnonShmError", "InheritError", "TokenError"]
 
 
 class AnonShmError(Exception):
-    """Base class of the errors that anonshm raises itself."""
+    """Base class of the errors that anonshm raises itself.
+
+    Example:
+        >>> from anonshm import AnonShmError, AnonymousMemory
+        >>> with AnonymousMemory(8, directory="/tmp") as mem:
+        ...     try:
+        ...         mem.freeze()  # a file in a directory cannot be sealed
+        ...     except AnonShmError as exc:
+        ...         print("refused:", str(exc).split(":")[0])
+        refused: cannot freeze 'anonshm'
+    """
 
 
 class TokenError(AnonShmError, ValueError):
@@ -31,6 +41,14 @@ class TokenError(AnonShmError, ValueError):
     Raised for a malformed token, a descriptor that is not open, one that is not an
     anonymous shared memory (a pipe, a socket, a named file, ...), or a protection that
     asks more than the descriptor allows.  The message says which.
+
+    Example:
+        >>> from anonshm import AnonymousMemory, TokenError
+        >>> try:
+        ...     AnonymousMemory.from_token("3:1 ")
+        ... except TokenError as exc:
+        ...     print(str(exc)[:40])
+        malformed token '3:1 ': expected '<fd>:<
     """
 
 
@@ -39,4 +57,14 @@ class InheritError(AnonShmError, LookupError):
 
     Raised when ``NSPR_INHERIT_FDS`` is absent, malformed, lacks the name, or names a
     descriptor that is not an anonymous shared memory.  The message says which.
+
+    Example:
+        >>> import os
+        >>> from anonshm import AnonymousMemory, InheritError
+        >>> os.environ.pop("NSPR_INHERIT_FDS", None) and None
+        >>> try:
+        ...     AnonymousMemory.inherited("frame")
+        ... except InheritError as exc:
+        ...     print(exc)
+        no memory 'frame' was inherited: NSPR_INHERIT_FDS is not set
     """

@@ -301,7 +301,18 @@ class AnonymousMemory:
         return bool(_backend.seals(self.fileno()) & _backend.WRITE_SEALS)
 
     def fileno(self) -> int:
-        """This handle's descriptor (close-on-exec; owned by this object: don't close it)."""
+        """This handle's descriptor (close-on-exec; owned by this object: don't close it).
+
+        Pass it to a child you start yourself (``pass_fds=[mem.fileno()]``) together
+        with :meth:`export`'s token.
+
+        Example:
+            >>> import os
+            >>> from anonshm import AnonymousMemory
+            >>> with AnonymousMemory(16) as mem:
+            ...     os.get_inheritable(mem.fileno())
+            False
+        """
         fd = self._fd
         if fd < 0:
             raise ValueError("I/O operation on a closed AnonymousMemory")
@@ -413,6 +424,14 @@ class AnonymousMemory:
 
         Raises:
             PermissionError: ``protection`` asks more than this handle has.
+
+        Example:
+            >>> from anonshm import AnonymousMemory, Protection
+            >>> with AnonymousMemory(16) as mem:
+            ...     with mem.duplicate(protection=Protection.READ_ONLY) as reader:
+            ...         with reader.map() as view:
+            ...             reader.protection.name, view.buf.readonly
+            ('READ_ONLY', True)
         """
         fd = self.fileno()
         wanted = (
@@ -437,6 +456,15 @@ class AnonymousMemory:
         Raises:
             AnonShmError: the memory cannot be frozen (a ``directory=`` file, a
                 read-only handle, or a kernel older than 5.1).
+
+        Example:
+            >>> from anonshm import AnonymousMemory
+            >>> with AnonymousMemory(16) as mem, mem.map() as producer:
+            ...     producer[:4] = b"done"
+            ...     mem.freeze()
+            ...     producer[4:8] = b"+mor"  # a map made before the freeze still writes
+            ...     mem.frozen, mem.protection.name, mem.export().endswith(":0")
+            (True, 'READ_ONLY', True)
         """
         fd = self.fileno()
         frozen = self.frozen
@@ -470,6 +498,14 @@ class AnonymousMemory:
 
         The memory itself lives on while any other holder (a child, a duplicate, a
         view still exported from a map) keeps it; the kernel frees it after the last.
+
+        Example:
+            >>> from anonshm import AnonymousMemory
+            >>> mem = AnonymousMemory(16)
+            >>> view = mem.map()
+            >>> mem.close(); mem.close()
+            >>> mem.closed, view.closed
+            (True, True)
         """
         fd = self._fd
         if fd < 0:
@@ -518,6 +554,21 @@ class AnonymousMemory:
                 too many, or the descriptor is not the anonymous memory announced.
                 Every descriptor that arrived is closed.
             EOFError: the peer closed the socket before sending anything.
+
+        A peer that sends half a message and then waits keeps a blocking socket
+        waiting too: give the socket a timeout (``sock.settimeout``) when the peer is
+        not trusted; on ``TimeoutError`` nothing is left open.
+
+        Example:
+            >>> import socket
+            >>> from anonshm import AnonymousMemory
+            >>> ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            >>> with AnonymousMemory(32, name="shared") as mem:
+            ...     mem.send(ours)
+            >>> with AnonymousMemory.receive(theirs) as got:  # the sender closed its handle
+            ...     got.name, got.size, got.protection.name
+            ('shared', 32, 'READ_WRITE')
+            >>> ours.close(); theirs.close()
         """
         fd, name, size, protection = receive_fd(sock)
         return cls._adopt(

@@ -25,7 +25,20 @@ Inherit = Iterable[AnonymousMemory] | Mapping[str, AnonymousMemory]
 
 
 class PopenOptions(TypedDict, total=False):
-    """The keyword arguments of ``subprocess.Popen`` that :func:`spawn` passes on."""
+    """The keyword arguments of ``subprocess.Popen`` that :func:`spawn` passes on.
+
+    Typed so that a checker catches a misspelt or mistyped option; ``text``,
+    ``encoding`` and ``errors`` are :func:`spawn`'s own parameters (they choose the
+    type of the child's pipes).
+
+    Example:
+        >>> import subprocess
+        >>> from anonshm import PopenOptions, spawn
+        >>> options: PopenOptions = {"stdout": subprocess.PIPE, "cwd": "/"}
+        >>> with spawn(["pwd"], **options) as child:
+        ...     child.communicate(timeout=30)[0].strip()
+        b'/'
+    """
 
     bufsize: int
     executable: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None
