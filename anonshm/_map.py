@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import sys
 import warnings
 from typing import TYPE_CHECKING, final, overload
 
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["MemoryMap"]
 
 _POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
+# Python < 3.13 keeps a duplicate of the descriptor in every mmap object (for size()
+# and resize(), which a MemoryMap never calls); from 3.13 on a map costs no descriptor.
+_NO_FD_COPY: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _HUGEPAGE: int = getattr(mmap, "MADV_HUGEPAGE", 0)
 
 
@@ -86,7 +90,7 @@ class MemoryMap:
         flags, prot = protection.mmap_args
         if populate:
             flags |= _POPULATE
-        mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew)
+        mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew, **_NO_FD_COPY)
         if hugepages and _HUGEPAGE:
             # Only a hint: shmem uses huge pages only if shmem_enabled allows "advise".
             mm.madvise(_HUGEPAGE)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from anonshm import AnonymousMemory, MemoryMap, Protection
-from tests.conftest import mapping_lines
+from tests.conftest import mapping_lines, open_fds
 
 PAGE = mmap.PAGESIZE
 
@@ -190,3 +190,13 @@ def test_a_forked_child_sees_the_parents_writes_and_the_parent_sees_its_answer()
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert view[:10] == b"helloworld"
+
+
+def test_a_map_costs_a_descriptor_only_before_python_3_13() -> None:
+    # Python < 3.13's mmap keeps a duplicate of the descriptor; 3.13 lets us drop it.
+    with AnonymousMemory(PAGE) as mem:
+        before = open_fds()
+        with mem.map():
+            extra = open_fds() - before
+        assert len(extra) == (0 if sys.version_info >= (3, 13) else 1)
+        assert open_fds() == before
