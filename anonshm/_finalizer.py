@@ -3,9 +3,10 @@
 ``weakref.finalize`` costs about 2 us to arm and detach, as much as a ``memfd_create``;
 on the create/map/close path that doubled anonshm's overhead over the raw system calls
 (see benchmarks/).  This is the same mechanism -- a weak reference whose callback never
-holds the object -- with a plain dict as the registry, at about 0.1 us.  What it does
-not do is run the callbacks at interpreter exit: the process's exit closes and unmaps
-everything then anyway.
+holds the object -- with a plain dict as the registry, at about 0.1 us.  Unlike
+``weakref.finalize`` it registers no ``atexit`` hook: objects still alive at exit are
+finalized as the interpreter tears down (if at all), and the process's exit closes and
+unmaps everything anyway.
 """
 
 from __future__ import annotations

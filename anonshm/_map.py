@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import sys
 import warnings
 from typing import TYPE_CHECKING, final, overload
 
 from . import _finalizer
+from ._protection import Protection
 
 if TYPE_CHECKING:
     import weakref
@@ -17,7 +19,6 @@ if TYPE_CHECKING:
 
     from typing_extensions import Buffer
 
-    from ._protection import Protection
 
 __all__ = ["MemoryMap"]
 
@@ -36,6 +37,17 @@ def _unmap(mm: mmap.mmap, buf: memoryview) -> None:
         mm.close()
     except BufferError:
         pass
+
+
+def _advise(mm: mmap.mmap, advice: int) -> None:
+    # EINVAL: a kernel built without that advice (no transparent huge pages).
+    if not advice:
+        return
+    try:
+        mm.madvise(advice)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
 
 
 def _warn_unclosed(
@@ -88,12 +100,17 @@ class MemoryMap:
         # mmap offsets must be page-aligned: map from the page start, then slice.
         skew = offset % mmap.ALLOCATIONGRANULARITY
         flags, prot = protection.mmap_args
-        if populate:
+        # MAP_POPULATE write-faults a private writable map: a copy of every page.
+        # Such a map is only read ahead instead.
+        private_copy = protection is Protection.WRITE_COPY
+        if populate and not private_copy:
             flags |= _POPULATE
         mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew, **_NO_FD_COPY)
-        if hugepages and _HUGEPAGE:
+        if populate and private_copy:
+            _advise(mm, mmap.MADV_WILLNEED)
+        if hugepages:
             # Only a hint: shmem uses huge pages only if shmem_enabled allows "advise".
-            mm.madvise(_HUGEPAGE)
+            _advise(mm, _HUGEPAGE)
         buf = memoryview(mm)
         if skew:
             whole, buf = buf, buf[skew:]
@@ -169,14 +186,27 @@ class MemoryMap:
     def __setitem__(self, index: slice, value: Buffer) -> None: ...
     def __setitem__(self, index: int | slice, value: int | Buffer) -> None:
         """Write one byte or a same-length slice (``TypeError`` on a READ_ONLY map)."""
-        self.buf[index] = value  # type: ignore[index,assignment]
+        buf = self.buf
+        try:
+            buf[index] = value  # type: ignore[index,assignment]
+        except ValueError:
+            if isinstance(index, slice) and not isinstance(value, int):
+                wanted = len(range(*index.indices(len(buf))))
+                got = memoryview(value).nbytes
+                if wanted != got:
+                    raise ValueError(
+                        f"slice assignment of {got} bytes to a window of {wanted} bytes"
+                    ) from None
+            raise
 
-    def __buffer__(self, flags: int, /) -> memoryview:
-        """The buffer protocol (Python >= 3.12): ``memoryview(view)``, numpy, ..."""
-        return memoryview(self.buf)
+    if sys.version_info >= (3, 12):
 
-    def __release_buffer__(self, view: memoryview, /) -> None:
-        view.release()
+        def __buffer__(self, flags: int, /) -> memoryview:
+            """The buffer protocol (Python >= 3.12): ``memoryview(view)``, numpy, ..."""
+            return memoryview(self.buf)
+
+        def __release_buffer__(self, view: memoryview, /) -> None:
+            view.release()
 
     def __enter__(self) -> Self:
         if self._buf is None:

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Final, final
@@ -64,9 +65,18 @@ def _close_unclosed(
     _warn: Callable[..., None] = warnings.warn,
     _close: Callable[[int], None] = os.close,
 ) -> None:
-    # Defaults bind what teardown may already have cleared from the module.
-    _warn(f"unclosed AnonymousMemory {name!r} fd={fd}", ResourceWarning)
-    _close(fd)
+    # Defaults bind what teardown may already have cleared from the module.  Close
+    # first: with warnings as errors the warning raises, and the fd must go anyway.
+    try:
+        _close(fd)
+    finally:
+        _warn(f"unclosed AnonymousMemory {name!r} fd={fd}", ResourceWarning)
+
+
+def _check_flag(value: object, what: str) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{what} must be True or False, not {value!r}")
+    return value
 
 
 @final
@@ -135,8 +145,8 @@ class AnonymousMemory:
         size = _check_size(size)
         name = check_name(name)
         protection = _check_protection(protection, "protection")
-        path = None if directory is None else os.fspath(directory)
-        fd = _backend.create(name, size, path, bool(reserve))
+        path = None if directory is None else os.fsdecode(directory)
+        fd = _backend.create(name, size, path, _check_flag(reserve, "reserve"))
         if protection is not Protection.READ_WRITE:
             try:
                 readonly = _backend.reopen_readonly(fd)
@@ -149,6 +159,7 @@ class AnonymousMemory:
         self._size = size
         self._name = name
         self._protection = protection
+        self._lock = threading.Lock()  # a close in one thread vs a map in another
         self._fd = fd
         self._ref = _finalizer.watch(self, _close_unclosed, fd, name)
 
@@ -197,6 +208,12 @@ class AnonymousMemory:
                 raise error(f"{what} asks READ_WRITE, but the memory is frozen")
             if name is None:
                 name = _backend.kernel_name(fd) or DEFAULT_NAME
+            if writable and protection is not Protection.READ_WRITE:
+                # A read-only memory holds a read-only descriptor, whatever it was given:
+                # handed on, it must not give the next process write access back.
+                readonly = _backend.reopen_readonly(fd)
+                os.close(fd)
+                fd = readonly
         except BaseException:
             os.close(fd)
             raise
@@ -296,6 +313,17 @@ class AnonymousMemory:
         return self._fd < 0
 
     @property
+    def fixed_size(self) -> bool:
+        """Whether the kernel keeps every holder from growing or shrinking the memory.
+
+        True for memfd memory (anonshm seals it at creation); False for ``directory=``
+        files and unsealed memory from elsewhere, which any holder with a writable
+        descriptor may truncate, and then a touch beyond the new end is ``SIGBUS``.
+        """
+        seals = _backend.seals(self.fileno())
+        return seals & _backend.FIXED_SIZE_SEALS == _backend.FIXED_SIZE_SEALS
+
+    @property
     def frozen(self) -> bool:
         """Whether the kernel refuses every new write to the memory, for all holders."""
         return bool(_backend.seals(self.fileno()) & _backend.WRITE_SEALS)
@@ -351,7 +379,7 @@ class AnonymousMemory:
             ...         view.buf.readonly, len(view)
             (True, 4)
         """
-        fd = self.fileno()
+        self.fileno()
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise TypeError(f"offset must be an int, not {type(offset).__name__}")
         if length is None:
@@ -372,22 +400,28 @@ class AnonymousMemory:
                     f"cannot map {self._name!r} {protection.name}: the memory is "
                     f"{self._protection.name}"
                 )
-        try:
-            view = MemoryMap(
-                fd,
-                offset,
-                length,
-                protection,
-                populate=bool(populate),
-                hugepages=bool(hugepages),
-                label=self._name,
-            )
-        except PermissionError as exc:
-            # EPERM: the seal of a memory frozen through another handle.
-            raise PermissionError(
-                exc.errno, f"cannot map {self._name!r} {protection.name}: the memory is frozen"
-            ) from exc
-        self._track(view)
+        populate = _check_flag(populate, "populate")
+        hugepages = _check_flag(hugepages, "hugepages")
+        with self._lock:
+            try:
+                view = MemoryMap(
+                    self.fileno(),
+                    offset,
+                    length,
+                    protection,
+                    populate=populate,
+                    hugepages=hugepages,
+                    label=self._name,
+                )
+            except PermissionError as exc:
+                if exc.errno != errno.EPERM:
+                    raise
+                # EPERM from mmap: the seal of a memory frozen through another handle.
+                raise PermissionError(
+                    exc.errno,
+                    f"cannot map {self._name!r} {protection.name}: the memory is frozen",
+                ) from exc
+            self._track(view)
         return view
 
     def _track(self, view: MemoryMap) -> None:
@@ -420,7 +454,9 @@ class AnonymousMemory:
         """Another handle on the same memory, with a descriptor of its own.
 
         With ``protection=READ_ONLY`` (or ``WRITE_COPY``) the new handle holds a
-        read-only descriptor: hand it to a child that must not write the shared pages.
+        read-only descriptor, and so does every process it is handed to.  That stops
+        accidents, not a hostile child of the same user, which can reopen
+        ``/proc/self/fd/N`` for writing: :meth:`freeze` is what the kernel enforces.
 
         Raises:
             PermissionError: ``protection`` asks more than this handle has.
@@ -433,7 +469,7 @@ class AnonymousMemory:
             ...             reader.protection.name, view.buf.readonly
             ('READ_ONLY', True)
         """
-        fd = self.fileno()
+        self.fileno()
         wanted = (
             self._protection if protection is None else _check_protection(protection, "protection")
         )
@@ -441,7 +477,9 @@ class AnonymousMemory:
             raise PermissionError(
                 f"cannot duplicate a {self._protection.name} memory as {wanted.name}"
             )
-        own = os.dup(fd) if wanted is Protection.READ_WRITE else _backend.reopen_readonly(fd)
+        with self._lock:
+            fd = self.fileno()
+            own = os.dup(fd) if wanted is Protection.READ_WRITE else _backend.reopen_readonly(fd)
         return type(self)._adopt(own, wanted, TokenError, "duplicate", name=self._name)
 
     def freeze(self) -> None:
@@ -479,19 +517,27 @@ class AnonymousMemory:
                 if exc.errno not in (errno.EINVAL, errno.EPERM):
                     raise
                 raise AnonShmError(
-                    f"cannot freeze {self._name!r}: only memfd memory can be sealed "
-                    "(not a directory= file), on Linux >= 5.1"
+                    f"cannot freeze {self._name!r}: the kernel refused to seal it (only "
+                    "memfd memory can be sealed, not a directory= file or an NSPR file "
+                    "map; and only on Linux >= 5.1)"
                 ) from exc
-        readonly = _backend.reopen_readonly(fd)
-        self._swap_fd(readonly)
-        self._protection = Protection.READ_ONLY
+        with self._lock:
+            fd = self.fileno()
+            readonly = _backend.reopen_readonly(fd)
+            self._fd = readonly
+            if self._ref is not None:
+                _finalizer.rearm(self._ref, _close_unclosed, readonly, self._name)
+            self._protection = Protection.READ_ONLY
+            os.close(fd)
 
-    def _swap_fd(self, fd: int) -> None:
-        old = self._fd
-        self._fd = fd
-        if self._ref is not None:
-            _finalizer.rearm(self._ref, _close_unclosed, fd, self._name)
-        os.close(old)
+    def _handoff_fd(self) -> int:
+        """A new close-on-exec duplicate of the descriptor, for the caller to pass and close.
+
+        Taken under the lock, so a close in another thread cannot leave the caller
+        holding a number that has meanwhile been reused for some other file.
+        """
+        with self._lock:
+            return os.dup(self.fileno())
 
     def close(self) -> None:
         """Close this handle and unmap every map made through it; again does nothing.
@@ -507,14 +553,17 @@ class AnonymousMemory:
             >>> mem.closed, view.closed
             (True, True)
         """
-        fd = self._fd
-        if fd < 0:
+        if self._fd < 0:
             return
-        self._fd = -1
+        with self._lock:
+            fd = self._fd
+            if fd < 0:
+                return
+            self._fd = -1
+            maps, self._maps = self._maps, None
         if self._ref is not None:
             _finalizer.forget(self._ref)
             self._ref = None  # no callback at all when the object goes
-        maps, self._maps = self._maps, None
         try:
             for ref in maps or ():
                 view = ref()
@@ -543,10 +592,11 @@ class AnonymousMemory:
             ('frame', 8)
             >>> left.close(); right.close()
         """
-        send_fd(sock, self.fileno(), self._name, self._size, self._protection)
+        with self._lock:
+            send_fd(sock, self.fileno(), self._name, self._size, self._protection)
 
     @classmethod
-    def receive(cls, sock: socket.socket) -> Self:
+    def receive(cls, sock: socket.socket, *, allow_resizable: bool = False) -> Self:
         """Receive a memory that a peer sent with :meth:`send` over a Unix socket.
 
         Raises:
@@ -554,6 +604,13 @@ class AnonymousMemory:
                 too many, or the descriptor is not the anonymous memory announced.
                 Every descriptor that arrived is closed.
             EOFError: the peer closed the socket before sending anything.
+
+        A memory whose size the kernel does not fix (not sealed: a ``directory=`` file,
+        or a memfd from another program) is refused unless ``allow_resizable=True``:
+        its sender could truncate it under this process's maps, and a touch beyond
+        the new end would kill this process with ``SIGBUS``.  After a ``TokenError`` on
+        a stream socket the rest of the rejected message may still be queued: close
+        the socket rather than receiving again.
 
         A peer that sends half a message and then waits keeps a blocking socket
         waiting too: give the socket a timeout (``sock.settimeout``) when the peer is
@@ -570,10 +627,17 @@ class AnonymousMemory:
             ('shared', 32, 'READ_WRITE')
             >>> ours.close(); theirs.close()
         """
+        allow_resizable = _check_flag(allow_resizable, "allow_resizable")
         fd, name, size, protection = receive_fd(sock)
-        return cls._adopt(
-            fd, protection, TokenError, f"memory received as {name!r}", name=name, size=size
-        )
+        what = f"memory received as {name!r}"
+        memory = cls._adopt(fd, protection, TokenError, what, name=name, size=size)
+        if not allow_resizable and not memory.fixed_size:
+            memory.close()
+            raise TokenError(
+                f"{what} can be resized by its other holders (its size is not sealed); "
+                "receive(sock, allow_resizable=True) accepts it anyway"
+            )
+        return memory
 
     def __enter__(self) -> Self:
         if self._fd < 0:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib.machinery import PathFinder
 from typing import TYPE_CHECKING, Final, Protocol
 
 from ._errors import TokenError
@@ -81,25 +80,36 @@ class _RegisteringLoader:
 
 
 class _RegisterOnImport:
-    """A one-shot import hook: wraps the loader of multiprocessing.reduction."""
+    """An import hook: wraps the loader of multiprocessing.reduction, every time it loads.
+
+    It asks the other finders for the module, as the import system would have, and
+    only wraps the loader they return (a reload loads it again, and registers again).
+    With no spec, or a loader it cannot wrap, it steps aside and the import proceeds
+    untouched: the reducer is then not registered, and pickling a memory stays the
+    clear ``TypeError`` of plain pickle.
+    """
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None, /
     ) -> ModuleSpec | None:
         if fullname != _REDUCTION:
             return None
-        sys.meta_path.remove(self)
-        spec = PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return None  # an unusual install: let the normal machinery load it
-        spec.loader = _RegisteringLoader(spec.loader)  # type: ignore[assignment]
-        return spec
+        for finder in sys.meta_path:
+            if isinstance(finder, _RegisterOnImport):
+                continue
+            find = getattr(finder, "find_spec", None)
+            spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _RegisteringLoader(spec.loader)  # type: ignore[assignment]
+                return spec
+        return None
 
 
 def install() -> None:
-    """Register the reducer now if multiprocessing is loaded, else when it is."""
+    """Register the reducer now if multiprocessing is loaded, and whenever it loads."""
     reduction = sys.modules.get(_REDUCTION)
     if reduction is not None:
         _register(reduction)
-    elif not any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path):
+    if not any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _RegisterOnImport())

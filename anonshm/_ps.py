@@ -195,14 +195,22 @@ def _memfd_name(target: str) -> str | None:
 
 def _peek(path: str, identity: Identity) -> tuple[int, bool] | None:
     """``(size, frozen)`` of the memory at ``path``, if it is still that memory."""
+    # O_PATH first: it opens nothing (no device's open() runs), so the identity can be
+    # checked before a real open of a file that may have replaced the memory.
     try:
-        fd = os.open(path, _PEEK_FLAGS)
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError:  # exited, closed, or not ours to open
         return None
     try:
-        st = os.fstat(fd)
+        st = os.fstat(handle)
         if (st.st_dev, st.st_ino) != identity:
             return None  # the number now names another file
+        fd = os.open(f"/proc/self/fd/{handle}", _PEEK_FLAGS)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+    try:
         return st.st_size, bool(_linux.seals(fd) & _linux.WRITE_SEALS)
     except OSError:
         return None

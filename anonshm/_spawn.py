@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from typing import IO, TYPE_CHECKING, AnyStr, Generic, Literal, TypedDict, final, overload
 
 from ._memory import AnonymousMemory
@@ -45,6 +46,7 @@ class PopenOptions(TypedDict, total=False):
     stdin: _File
     stdout: _File
     stderr: _File
+    shell: bool
     preexec_fn: Callable[[], object] | None
     close_fds: bool
     pass_fds: Collection[int]
@@ -163,15 +165,20 @@ class SharedChild(Generic[AnyStr]):
     ) -> None:
         if exc_type is not None and self._popen.returncode is None:
             self._popen.kill()
-        # Popen's own exit closes the pipes and reaps the child.
-        self._popen.__exit__(exc_type, exc, tb)
+        # Popen's own exit closes the pipes and reaps the child, except after a
+        # KeyboardInterrupt, when it returns at once: the killed child is reaped here.
+        try:
+            self._popen.__exit__(exc_type, exc, tb)
+        finally:
+            if exc_type is not None:
+                self._popen.wait()
 
     def __repr__(self) -> str:
         names = ", ".join(self._inherited)
         return f"<SharedChild pid={self.pid} returncode={self.returncode} inherited=[{names}]>"
 
 
-def _entries(inherit: Inherit) -> list[tuple[str, int]]:
+def _entries(inherit: Inherit) -> list[tuple[str, AnonymousMemory]]:
     if isinstance(inherit, AnonymousMemory):
         raise TypeError("inherit takes an iterable of memories: write inherit=[mem]")
     pairs: Iterable[tuple[str, AnonymousMemory]]
@@ -179,14 +186,15 @@ def _entries(inherit: Inherit) -> list[tuple[str, int]]:
         pairs = inherit.items()
     else:
         pairs = ((mem.name if isinstance(mem, AnonymousMemory) else "", mem) for mem in inherit)
-    entries: dict[str, int] = {}
+    entries: dict[str, AnonymousMemory] = {}
     for name, mem in pairs:
         if not isinstance(mem, AnonymousMemory):
             raise TypeError(f"inherit takes AnonymousMemory objects, not {type(mem).__name__}")
         check_name(name)
         if name in entries:
             raise ValueError(f"two inherited memories are named {name!r}; names must be unique")
-        entries[name] = mem.fileno()
+        mem.fileno()  # a closed memory is a ValueError before anything is duplicated
+        entries[name] = mem
     return list(entries.items())
 
 
@@ -216,10 +224,30 @@ def spawn(
     *,
     inherit: Inherit = (),
     text: Literal[False] | None = None,
+    encoding: str | None = None,
+    errors: str,
+    **popen_kwargs: Unpack[PopenOptions],
+) -> SharedChild[str]: ...
+@overload
+def spawn(
+    args: _Args,
+    *,
+    inherit: Inherit = (),
+    text: Literal[False] | None = None,
     encoding: None = None,
     errors: None = None,
     **popen_kwargs: Unpack[PopenOptions],
 ) -> SharedChild[bytes]: ...
+@overload
+def spawn(
+    args: _Args,
+    *,
+    inherit: Inherit = (),
+    text: bool | None = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    **popen_kwargs: Unpack[PopenOptions],
+) -> SharedChild[str] | SharedChild[bytes]: ...
 def spawn(
     args: _Args,
     *,
@@ -231,9 +259,11 @@ def spawn(
 ) -> SharedChild[str] | SharedChild[bytes]:
     """Start a child that inherits ``inherit`` (NSPR's first protocol).
 
-    Each memory's descriptor reaches the child at the same number, and only that
-    child: it is passed with ``pass_fds`` (set up between fork and exec), never made
-    inheritable in the parent, where a child started by another thread could catch it.
+    Each memory reaches the child at the number :attr:`SharedChild.inherited` reports
+    (that of a duplicate made for this spawn and closed once the child has started),
+    and only that child: it is passed with ``pass_fds`` (set up between fork and exec),
+    never made inheritable in the parent, where a child started by another thread
+    could catch it.
     The child's environment gets ``NSPR_INHERIT_FDS`` in NSPR's form
     (``name:1:0x<fd>`` entries joined by ``:``), replacing any value this process
     inherited itself (removed when nothing is inherited); the child reads it with
@@ -253,7 +283,9 @@ def spawn(
 
     Raises:
         TypeError: ``inherit`` holds something other than memories.
-        ValueError: two memories share a name, a name is invalid, or a memory is closed.
+        ValueError: two memories share a name, a name is invalid, a memory is closed,
+            or ``close_fds=False`` is asked with memories to pass (it would hand the
+            child every inheritable descriptor besides).
         OSError: the child could not be started (as ``Popen``).
 
     Example:
@@ -264,14 +296,24 @@ def spawn(
         ...         child.wait(timeout=30)
     """
     entries = _entries(inherit)
+    if entries and popen_kwargs.get("close_fds") is False:
+        raise ValueError("spawn passes memories with pass_fds, which needs close_fds=True")
     env = dict(os.environ if popen_kwargs.get("env") is None else popen_kwargs["env"])  # type: ignore[arg-type]
-    if entries:
-        env[INHERIT_VARIABLE] = format_inherit_fds(entries)
-    else:
-        env.pop(INHERIT_VARIABLE, None)
-    popen_kwargs["env"] = env
-    popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), *(fd for _, fd in entries))
     import subprocess  # noqa: PLC0415 - a child that only imports memory never pays for it
 
-    popen = subprocess.Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs)
-    return SharedChild(popen, dict(entries))
+    with ExitStack() as duplicates:
+        # Duplicates, taken under each memory's lock: a close in another thread while
+        # the child starts cannot slip it some other file under a reused number.
+        passed: dict[str, int] = {}
+        for name, mem in entries:
+            fd = mem._handoff_fd()
+            duplicates.callback(os.close, fd)
+            passed[name] = fd
+        if passed:
+            env[INHERIT_VARIABLE] = format_inherit_fds(list(passed.items()))
+        else:
+            env.pop(INHERIT_VARIABLE, None)
+        popen_kwargs["env"] = env
+        popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), *passed.values())
+        popen = subprocess.Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs)
+    return SharedChild(popen, passed)

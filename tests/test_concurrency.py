@@ -62,7 +62,7 @@ def _spawner(index: int, barrier: threading.Barrier) -> dict[str, object]:
         assert out is not None
         report: dict[str, object] = json.loads(out)
         report["name"] = name
-        report["fd"] = mem.fileno()
+        report["fd"] = child.inherited[name]
         return report
 
 

@@ -272,3 +272,47 @@ def test_arbitrary_bytes_with_a_descriptor_never_leak(garbage: bytes) -> None:
                 AnonymousMemory.receive(right).close()
         gc.collect()
         assert open_fds() == before
+
+
+def test_a_resizable_memory_is_refused_unless_allowed(pair: Pair, tmp_path: Path) -> None:
+    # Its sender could truncate it under the receiver's maps: SIGBUS at the next touch.
+    left, right = pair
+    with AnonymousMemory(64, directory=tmp_path, name="file") as mem:
+        assert not mem.fixed_size
+        mem.send(left)
+        with pytest.raises(TokenError, match="resized"):
+            AnonymousMemory.receive(right)
+        mem.send(left)
+        with AnonymousMemory.receive(right, allow_resizable=True) as got:
+            assert got.name == "file"
+            assert not got.fixed_size
+    # An unsealed memfd made by another program is just as resizable.
+    raw = os.memfd_create("foreign", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(raw, 64)
+        message = _message_for(raw, "foreign", 64)
+        socket.send_fds(left, [message], [raw])
+        with pytest.raises(TokenError, match="resized"):
+            AnonymousMemory.receive(right)
+    finally:
+        os.close(raw)
+
+
+def _message_for(fd: int, name: str, size: int) -> bytes:
+    """What send() would say of a memory of that name and size (read off a real send)."""
+    with AnonymousMemory(size, name=name) as model:
+        return _message(model, socket.SOCK_SEQPACKET)
+
+
+def test_a_memory_announced_read_only_arrives_with_a_read_only_descriptor(pair: Pair) -> None:
+    import fcntl
+
+    left, right = pair
+    with AnonymousMemory(64, name="ro") as mem:
+        # A message announcing READ_ONLY, with the writable descriptor beside it.
+        with mem.duplicate(protection=Protection.READ_ONLY) as ro:
+            message = _message(ro, socket.SOCK_SEQPACKET)
+        socket.send_fds(left, [message], [mem.fileno()])
+        with AnonymousMemory.receive(right) as got:
+            assert got.protection is Protection.READ_ONLY
+            assert fcntl.fcntl(got.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY

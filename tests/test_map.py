@@ -200,3 +200,18 @@ def test_a_map_costs_a_descriptor_only_before_python_3_13() -> None:
             extra = open_fds() - before
         assert len(extra) == (0 if sys.version_info >= (3, 13) else 1)
         assert open_fds() == before
+
+
+def test_populate_of_a_write_copy_map_copies_nothing() -> None:
+    # MAP_POPULATE would write-fault a private map, copying every page: a page not
+    # yet written must still show what others write to the memory later.
+    with AnonymousMemory(4 * PAGE) as mem, mem.map() as shared:
+        with mem.map(protection=Protection.WRITE_COPY, populate=True) as private:
+            shared[PAGE : PAGE + 5] = b"later"
+            assert private[PAGE : PAGE + 5] == b"later"
+
+
+def test_slice_assignment_of_the_wrong_length_says_so() -> None:
+    with AnonymousMemory(16) as mem, mem.map() as view:
+        with pytest.raises(ValueError, match="3 bytes to a window of 2 bytes"):
+            view[0:2] = b"abc"

@@ -381,3 +381,95 @@ def test_freeze_through_a_second_handle_makes_the_first_read_only_too() -> None:
         with AnonymousMemory.from_token(other.export()) as imported:
             assert imported.protection is Protection.READ_ONLY
             assert imported.frozen
+
+
+def test_importing_read_only_takes_a_read_only_descriptor() -> None:
+    import fcntl
+
+    with AnonymousMemory(16, name="rw") as mem:
+        for prot in (0, 2):
+            with AnonymousMemory.from_token(f"{mem.fileno()}:{prot}") as got:
+                access = fcntl.fcntl(got.fileno(), fcntl.F_GETFL) & os.O_ACCMODE
+                assert access == os.O_RDONLY
+                # Handed on, it must not give the next holder write access back.
+                with pytest.raises(TokenError, match="read-only"):
+                    AnonymousMemory.from_token(f"{got.fileno()}:1")
+
+
+def test_the_safety_net_closes_the_descriptor_even_when_warnings_are_errors() -> None:
+    code = """
+        import gc, os
+        from anonshm import AnonymousMemory
+        mem = AnonymousMemory(16)
+        fd = mem.fileno()
+        del mem
+        gc.collect()
+        try:
+            os.fstat(fd)
+        except OSError:
+            print("closed")
+        else:
+            print("LEAKED")
+    """
+    from tests.conftest import child_env, python_child
+
+    argv = python_child(code)
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+        check=False,
+    )
+    assert result.stdout.strip() == "closed", result.stdout + result.stderr
+    assert "ResourceWarning" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["reserve"])
+@pytest.mark.parametrize("value", ["no", 1, None], ids=repr)
+def test_flags_must_be_bools(flag: str, value: object) -> None:
+    with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+        AnonymousMemory(16, **{flag: value})  # type: ignore[arg-type]
+    with AnonymousMemory(16) as mem:
+        for name in ("populate", "hugepages"):
+            with pytest.raises(TypeError, match=f"{name} must be True or False"):
+                mem.map(**{name: value})  # type: ignore[arg-type]
+
+
+def test_directory_may_be_bytes_or_a_path(tmp_path: Path) -> None:
+    for directory in (bytes(tmp_path), tmp_path, str(tmp_path)):
+        with AnonymousMemory(16, directory=directory) as mem:  # type: ignore[arg-type]
+            assert mem.size == 16
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_racing_map_in_threads_leaves_no_map_open() -> None:
+    import threading
+
+    for _ in range(300):
+        mem = AnonymousMemory(4096)
+        made: list[object] = []
+        start = threading.Barrier(2)
+
+        def mapper(
+            mem: AnonymousMemory = mem,
+            made: list[object] = made,
+            start: threading.Barrier = start,
+        ) -> None:
+            start.wait()
+            for _ in range(20):
+                try:
+                    made.append(mem.map())
+                except ValueError:  # closed: the only error a racing map may see
+                    return
+
+        thread = threading.Thread(target=mapper)
+        thread.start()
+        start.wait()
+        mem.close()
+        thread.join()
+        assert all(view.closed for view in made)  # type: ignore[attr-defined]

@@ -111,7 +111,7 @@ def test_the_map_itself_is_a_buffer_for_numpy(no_leaks: None) -> None:
         direct = np.frombuffer(view, dtype=np.uint32)  # type: ignore[call-overload,unused-ignore]
         direct[:] = np.arange(16)
         assert int.from_bytes(view.buf[4:8], sys.byteorder) == 1
-        with memoryview(view) as raw:
+        with memoryview(view) as raw:  # type: ignore[arg-type,unused-ignore]
             assert raw.nbytes == 64
     assert len(mapping_lines(f"memfd:{name}")) == 1
     assert int(direct[15]) == 15

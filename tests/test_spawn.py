@@ -45,6 +45,7 @@ def run_reporter(
     assert child.returncode == 0
     assert out is not None
     result: dict[str, Any] = json.loads(out)
+    result["inherited"] = dict(child.inherited)  # the numbers the child got
     return result
 
 
@@ -56,14 +57,17 @@ def test_child_reads_and_answers_through_inherited_memory() -> None:
         assert view[8:16] == b"answered"
 
 
-def test_child_holds_only_stdio_and_exactly_what_it_inherited() -> None:
+def test_child_holds_only_stdio_and_exactly_what_it_inherited(no_leaks: None) -> None:
     with AnonymousMemory(10, name="a") as a, AnonymousMemory(10, name="b") as b:
-        expected = f"a:1:0x{a.fileno():x}:b:1:0x{b.fileno():x}"
         with AnonymousMemory(10, name="not-passed") as other:
             report = run_reporter([a, b])
             assert other.fileno() not in report["fds"]
-        assert report["env"] == expected
-        assert set(report["fds"]) == {0, 1, 2, a.fileno(), b.fileno()}
+        fds = report["inherited"]
+        assert list(fds) == ["a", "b"]
+        assert report["env"] == f"a:1:0x{fds['a']:x}:b:1:0x{fds['b']:x}"
+        assert set(report["fds"]) == {0, 1, 2, *fds.values()}
+        # The duplicates made for the child are closed again in the parent.
+        assert not set(fds.values()) & {a.fileno(), b.fileno()}
 
 
 def test_mapping_form_keys_memories_by_the_given_name() -> None:
@@ -94,7 +98,8 @@ def test_protection_travels_with_the_descriptor() -> None:
 def test_stale_inherit_fds_is_replaced_or_removed() -> None:
     env = child_env(NSPR_INHERIT_FDS="stale:1:0x63")
     with AnonymousMemory(8, name="fresh") as mem:
-        assert run_reporter([mem], env=env)["env"] == f"fresh:1:0x{mem.fileno():x}"
+        report = run_reporter([mem], env=env)
+        assert report["env"] == f"fresh:1:0x{report['inherited']['fresh']:x}"
     assert run_reporter([], env=env)["env"] is None
 
 
@@ -105,7 +110,7 @@ def test_stale_inherit_fds_from_os_environ_is_replaced(monkeypatch: pytest.Monke
         with spawn(python_child(REPORT), inherit=[mem], stdout=subprocess.PIPE, env=None) as c:
             out, _ = c.communicate(timeout=60)
         assert out is not None
-        assert json.loads(out)["env"] == f"fresh:1:0x{mem.fileno():x}"
+        assert json.loads(out)["env"] == f"fresh:1:0x{c.inherited['fresh']:x}"
 
 
 def test_popen_arguments_pass_through(tmp_path: Path) -> None:
@@ -127,7 +132,7 @@ def test_popen_arguments_pass_through(tmp_path: Path) -> None:
         assert child.pid > 0
         assert child.stdin is not None
         assert child.stdout is not None
-        assert child.inherited == {"anonshm": mem.fileno()}
+        assert list(child.inherited) == ["anonshm"]
         out, err = child.communicate("input", timeout=60)
     assert out is not None
     assert out.split() == [str(tmp_path), "yes", "input"]
@@ -330,3 +335,32 @@ def test_inherited_names_a_descriptor_that_is_not_memory(monkeypatch: pytest.Mon
 def test_token_errors_are_value_errors_and_inherit_errors_lookup_errors() -> None:
     assert issubclass(TokenError, ValueError)
     assert issubclass(InheritError, LookupError)
+
+
+def test_ctrl_c_during_wait_kills_and_reaps_the_child() -> None:
+    # Ctrl-C inside Popen.wait() makes Popen's own exit skip waiting; ours must reap.
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # noqa: PT012 - the wait is interrupted
+            with spawn(["sleep", "60"]) as child:
+                signal.setitimer(signal.ITIMER_REAL, 0.2)
+                child.wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert child.returncode == -signal.SIGKILL
+    with pytest.raises(ChildProcessError):
+        os.waitpid(child.pid, os.WNOHANG)  # no zombie left to reap
+
+
+def test_close_fds_false_with_memories_is_refused() -> None:
+    with AnonymousMemory(8) as mem, pytest.raises(ValueError, match="close_fds=True"):
+        spawn(["true"], inherit=[mem], close_fds=False)
+
+
+def test_a_spawn_leaves_no_duplicate_behind(no_leaks: None) -> None:
+    with AnonymousMemory(8) as mem, spawn(["true"], inherit=[mem]) as child:
+        child.wait(timeout=60)
