@@ -21,4 +21,6 @@ def test_all_is_exactly_the_public_names() -> None:
 
 def test_every_public_name_is_documented() -> None:
     for name in anonshm.__all__:
-        assert getattr(anonshm, name).__doc__, name
+        doc = getattr(anonshm, name).__doc__
+        assert doc, name
+        assert ">>> " in doc, f"{name} has no example"
