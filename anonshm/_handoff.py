@@ -7,6 +7,9 @@ descriptor that arrived is closed, so a hostile peer cannot make this process le
 
 from __future__ import annotations
 
+# _socket's constants are plain ints: `int & socket.MSG_TRUNC` goes through enum.Flag
+# at about 1.5 us a test, and importing socket itself is deferred (see below).
+import _socket
 import os
 import struct
 from typing import TYPE_CHECKING, Final
@@ -40,19 +43,22 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
     import socket  # noqa: PLC0415 - 2 ms of import that a child mapping memory never needs
 
-    # A stream is read header first, so no byte of the next message is taken; a datagram
-    # or seqpacket message must be read whole in one call, or the kernel drops its rest.
-    stream = sock.type == socket.SOCK_STREAM
-    bufsize = _HEADER.size if stream else _HEADER.size + MAX_NAME_BYTES + 1
-    data, fds, flags, _ = socket.recv_fds(sock, bufsize, _MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    # A seqpacket or datagram message must be read whole in one call, or the kernel
+    # drops its rest.  On a stream, Linux ends a read after the segment that carried
+    # descriptors, so one call reads one message (sent by one sendmsg) and never the
+    # next; what a split send left behind is read to the exact count, and any byte
+    # beyond the message is an error (finish()), never silently taken.
+    stream = sock.type == _socket.SOCK_STREAM
+    bufsize = _HEADER.size + MAX_NAME_BYTES + (0 if stream else 1)
+    data, fds, flags, _ = socket.recv_fds(sock, bufsize, _MAX_FDS, _socket.MSG_CMSG_CLOEXEC)
     try:
         if not data and not fds:
             raise EOFError("the peer closed the socket before sending a memory")
-        if flags & socket.MSG_CTRUNC:
+        if flags & _socket.MSG_CTRUNC:
             raise TokenError(f"the peer sent more than {_MAX_FDS} descriptors with one memory")
         if len(fds) != 1:
             raise TokenError(f"a memory comes with exactly one descriptor, not {len(fds)}")
-        if flags & socket.MSG_TRUNC:
+        if flags & _socket.MSG_TRUNC:
             raise TokenError(f"the handoff message is longer than {bufsize} bytes")
         message = _Message(sock if stream else None, data)
         magic, size, protection, name_length = _HEADER.unpack(message.take(_HEADER.size))
