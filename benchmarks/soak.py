@@ -44,7 +44,8 @@ WORKER = """
     with socket.socket(fileno=int(sys.argv[1])) as sock:
         while True:
             try:
-                mem = AnonymousMemory.receive(sock)
+                # Half the memories are directory-backed: not sealed, accepted on purpose.
+                mem = AnonymousMemory.receive(sock, allow_resizable=True)
             except EOFError:
                 break
             with mem, mem.map() as view:
