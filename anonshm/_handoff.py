@@ -25,6 +25,7 @@ __all__ = ["receive_fd", "send_fd"]
 
 _HEADER: Final = struct.Struct("!8sQBH")
 _MAGIC: Final = b"anonshm\x01"
+_PROTECTIONS: Final = tuple(Protection)  # by value, without an Enum call per message
 _MAX_FDS: Final = 8  # room to see (and close) descriptors a hostile peer adds
 
 
@@ -74,7 +75,7 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
         for fd in fds:
             os.close(fd)
         raise
-    return fds[0], name, size, Protection(protection)
+    return fds[0], name, size, _PROTECTIONS[protection]
 
 
 class _Message:
