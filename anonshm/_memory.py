@@ -208,7 +208,7 @@ class AnonymousMemory:
                 raise error(f"{what} asks READ_WRITE, but the memory is frozen")
             if name is None:
                 name = _backend.kernel_name(fd) or DEFAULT_NAME
-            if writable and protection is not Protection.READ_WRITE:
+            if access == os.O_RDWR and protection is not Protection.READ_WRITE:
                 # A read-only memory holds a read-only descriptor, whatever it was given:
                 # handed on, it must not give the next process write access back.
                 readonly = _backend.reopen_readonly(fd)
