@@ -11,7 +11,11 @@ from ._errors import AnonShmError, InheritError, TokenError
 from ._map import MemoryMap
 from ._memory import AnonymousMemory
 from ._protection import Protection
-from ._spawn import PopenOptions, SharedChild, spawn
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._spawn import PopenOptions, SharedChild, spawn
+del TYPE_CHECKING  # only the public names stay public
 
 __all__ = [
     "AnonShmError",
@@ -28,3 +32,19 @@ __all__ = [
 __version__ = "0.1.0"
 
 _multiprocessing.install()
+
+# spawn and its types come with subprocess and typing (~10 ms of import): loaded on
+# first use, so a child that only maps the memory it inherited never pays for them.
+_LAZY = frozenset({"PopenOptions", "SharedChild", "spawn"})
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from . import _spawn  # noqa: PLC0415 - the point: imported on first use
+
+        return getattr(_spawn, name)
+    raise AttributeError(f"module 'anonshm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

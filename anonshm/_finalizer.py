@@ -12,7 +12,8 @@ unmaps everything anyway.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -12,14 +12,15 @@ from __future__ import annotations
 import _socket
 import os
 import struct
-from typing import TYPE_CHECKING, Final
 
 from ._errors import TokenError
 from ._protection import Protection
 from ._wire import MAX_NAME_BYTES, check_name
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
+    from typing import Final
 
 __all__ = ["receive_fd", "send_fd"]
 

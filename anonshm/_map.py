@@ -6,11 +6,12 @@ import errno
 import mmap
 import sys
 import warnings
-from typing import TYPE_CHECKING, final, overload
 
 from . import _finalizer
 from ._protection import Protection
+from ._typing import final, overload
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import weakref
     from collections.abc import Callable

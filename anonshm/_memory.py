@@ -6,16 +6,16 @@ import errno
 import fcntl
 import os
 import stat
-import threading
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Final, final
+from _thread import allocate_lock
 
 from . import _backend, _finalizer
 from ._errors import AnonShmError, InheritError, TokenError
 from ._handoff import receive_fd, send_fd
 from ._map import MemoryMap
 from ._protection import Protection
+from ._typing import final
 from ._wire import (
     INHERIT_VARIABLE,
     PR_DESC_FILE,
@@ -25,11 +25,12 @@ from ._wire import (
     parse_token,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
     from types import TracebackType
-    from typing import Self
+    from typing import Final, Self
 
 __all__ = ["DEFAULT_NAME", "AnonymousMemory"]
 
@@ -159,7 +160,7 @@ class AnonymousMemory:
         self._size = size
         self._name = name
         self._protection = protection
-        self._lock = threading.Lock()  # a close in one thread vs a map in another
+        self._lock = allocate_lock()  # a close in one thread vs a map in another
         self._fd = fd
         self._ref = _finalizer.watch(self, _close_unclosed, fd, name)
 

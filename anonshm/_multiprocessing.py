@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Final, Protocol
 
 from ._errors import TokenError
 from ._memory import AnonymousMemory
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Final, Protocol
+
+    class _DupFd(Protocol):
+        def detach(self) -> int: ...
+
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
@@ -30,10 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["install"]
 
 _REDUCTION: Final = "multiprocessing.reduction"
-
-
-class _DupFd(Protocol):
-    def detach(self) -> int: ...
 
 
 def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tuple[object, ...]]:

@@ -6,12 +6,12 @@ is refused with a message that says what was wrong.
 
 from __future__ import annotations
 
-import functools
-import re
-from typing import Final
-
 from ._errors import InheritError, TokenError
 from ._protection import Protection
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "INHERIT_VARIABLE",
@@ -28,23 +28,35 @@ PR_DESC_FILE: Final = 1
 MAX_NAME_BYTES: Final = 249  # memfd_create's limit (NAME_MAX minus "memfd:")
 MAX_FD: Final = 2**31 - 1
 
-# PR_ExportFileMapAsString writes "%ld:%d": no sign, no padding, no spaces.
-_TOKEN: Final = re.compile(r"(0|[1-9][0-9]{0,9}):([0-2])")
-# PR_ProcessAttrSetInheritableFD writes "%d" for the type and "0x%x" for the fd.
-_TYPE: Final = re.compile(r"[1-9]")
-_HEX_FD: Final = re.compile(r"0x(0|[1-9a-f][0-9a-f]{0,7})")
+_DECIMAL: Final = frozenset("0123456789")
+_HEX: Final = frozenset("0123456789abcdef")
+_CHECKED_NAMES: dict[str, str] = {}  # a program labels memories with a few names, often
+_MAX_CHECKED_NAMES: Final = 256
+_PROTECTION_DIGITS: Final = ("0", "1", "2")
+_PROTECTIONS: Final = tuple(Protection)
+
+
+def _digits(text: str, alphabet: frozenset[str], longest: int) -> bool:
+    # Exactly what printf's %d / %x write for a non-negative number: no sign, no
+    # space, no leading zero, ASCII only (str.isdigit would take "٣").
+    return (
+        0 < len(text) <= longest and alphabet.issuperset(text) and (text == "0" or text[0] != "0")
+    )
 
 
 def check_name(name: object) -> str:
     """Return ``name`` if it can label a memory, else raise TypeError/ValueError."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
-    return _checked_name(name)
+    checked = _CHECKED_NAMES.get(name)
+    if checked is None:
+        checked = _checked_name(name)
+        if len(_CHECKED_NAMES) < _MAX_CHECKED_NAMES:
+            _CHECKED_NAMES[name] = checked
+    return checked
 
 
-@functools.lru_cache(maxsize=256)
 def _checked_name(name: str) -> str:
-    # Cached: a program labels its memories with a few names, over and over.
     if not name:
         raise ValueError("name must not be empty")
     if ":" in name or "\0" in name:
@@ -67,16 +79,17 @@ def parse_token(token: object) -> tuple[int, Protection]:
     """The descriptor number and protection a token names; TokenError if malformed."""
     if not isinstance(token, str):
         raise TypeError(f"token must be a str, not {type(token).__name__}")
-    match = _TOKEN.fullmatch(token)
-    if match is None:
+    # PR_ExportFileMapAsString writes "%ld:%d": digits, a colon, one of 0, 1, 2.
+    fd_text, colon, prot_text = token.partition(":")
+    if not (colon and prot_text in _PROTECTION_DIGITS and _digits(fd_text, _DECIMAL, 10)):
         raise TokenError(
             f"malformed token {token!r}: expected '<fd>:<prot>' with a decimal "
             "descriptor number and a protection of 0, 1 or 2"
         )
-    fd = int(match[1])
+    fd = int(fd_text)
     if fd > MAX_FD:
         raise TokenError(f"token {token!r} names descriptor {fd}, which no process can have")
-    return fd, Protection(int(match[2]))
+    return fd, _PROTECTIONS[int(prot_text)]
 
 
 def format_inherit_fds(entries: list[tuple[str, int]]) -> str:
@@ -98,9 +111,10 @@ def parse_inherit_fds(value: str) -> dict[str, tuple[int, int]]:
         where = f"entry {index // 3 + 1} of {INHERIT_VARIABLE}={value!r}"
         if not name or "\0" in name:
             raise InheritError(f"malformed {where}: empty name")
-        if _TYPE.fullmatch(kind) is None:
+        # PR_ProcessAttrSetInheritableFD writes "%d" for the type and "0x%x" for the fd.
+        if len(kind) != 1 or kind not in "123456789":
             raise InheritError(f"malformed {where}: type {kind!r} is not a descriptor type")
-        if _HEX_FD.fullmatch(hex_fd) is None:
+        if not (hex_fd.startswith("0x") and _digits(hex_fd[2:], _HEX, 8)):
             raise InheritError(f"malformed {where}: {hex_fd!r} is not '0x' and a lowercase hex fd")
         fd = int(hex_fd, 16)
         if fd > MAX_FD:
