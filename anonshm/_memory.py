@@ -174,6 +174,7 @@ class AnonymousMemory:
         *,
         name: str | None = None,
         size: int | None = None,
+        fixed_size: bool = False,
     ) -> Self:
         """Own ``fd`` (already this object's own duplicate) once it proves to be memory.
 
@@ -185,21 +186,15 @@ class AnonymousMemory:
                 flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             except OSError as exc:
                 raise error(f"{what}: cannot inspect the descriptor ({exc.strerror})") from exc
-            if not stat.S_ISREG(st.st_mode):
-                kind = _describe_mode(st.st_mode)
-                raise error(f"{what} is {kind}, not an anonymous shared memory")
-            if st.st_nlink:
-                raise error(f"{what} is a named file (it has a path), not an anonymous memory")
-            if st.st_size < 1:
-                raise error(f"{what} is empty: an anonymous memory has at least 1 byte")
-            if size is not None and st.st_size != size:
-                raise error(f"{what} is {st.st_size} bytes, but {size} were announced")
-            access = flags & os.O_ACCMODE
-            if access == os.O_WRONLY or flags & os.O_PATH:
-                mode = "write-only" if access == os.O_WRONLY else "with O_PATH"
-                raise error(f"{what} is open {mode} and cannot be mapped")
+            access = _check_memory(st, flags, error, what, size)
             writable = access == os.O_RDWR
-            frozen = writable and _backend.seals(fd) & _backend.WRITE_SEALS
+            seals = _backend.seals(fd)
+            if fixed_size and seals & _backend.FIXED_SIZE_SEALS != _backend.FIXED_SIZE_SEALS:
+                raise error(
+                    f"{what} can be resized by its other holders (its size is not sealed); "
+                    "receive(sock, allow_resizable=True) accepts it anyway"
+                )
+            frozen = writable and seals & _backend.WRITE_SEALS
             if protection is None:
                 writable = writable and not frozen
                 protection = Protection.READ_WRITE if writable else Protection.READ_ONLY
@@ -631,14 +626,9 @@ class AnonymousMemory:
         allow_resizable = _check_flag(allow_resizable, "allow_resizable")
         fd, name, size, protection = receive_fd(sock)
         what = f"memory received as {name!r}"
-        memory = cls._adopt(fd, protection, TokenError, what, name=name, size=size)
-        if not allow_resizable and not memory.fixed_size:
-            memory.close()
-            raise TokenError(
-                f"{what} can be resized by its other holders (its size is not sealed); "
-                "receive(sock, allow_resizable=True) accepts it anyway"
-            )
-        return memory
+        return cls._adopt(
+            fd, protection, TokenError, what, name=name, size=size, fixed_size=not allow_resizable
+        )
 
     def __enter__(self) -> Self:
         if self._fd < 0:
@@ -666,6 +656,25 @@ class AnonymousMemory:
             f"<AnonymousMemory {self._name!r} size={self._size} "
             f"protection={self._protection.name} {state}>"
         )
+
+
+def _check_memory(
+    st: os.stat_result, flags: int, error: type[AnonShmError], what: str, size: int | None
+) -> int:
+    """Raise ``error`` unless the descriptor is mappable anonymous memory; its access mode."""
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{what} is {_describe_mode(st.st_mode)}, not an anonymous shared memory")
+    if st.st_nlink:
+        raise error(f"{what} is a named file (it has a path), not an anonymous memory")
+    if st.st_size < 1:
+        raise error(f"{what} is empty: an anonymous memory has at least 1 byte")
+    if size is not None and st.st_size != size:
+        raise error(f"{what} is {st.st_size} bytes, but {size} were announced")
+    access = flags & os.O_ACCMODE
+    if access == os.O_WRONLY or flags & os.O_PATH:
+        mode = "write-only" if access == os.O_WRONLY else "with O_PATH"
+        raise error(f"{what} is open {mode} and cannot be mapped")
+    return access
 
 
 def _describe_mode(mode: int) -> str:
