@@ -15,7 +15,6 @@ from ._protection import Protection
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._spawn import PopenOptions, SharedChild, spawn
-del TYPE_CHECKING  # only the public names stay public
 
 __all__ = [
     "AnonShmError",
@@ -38,13 +37,17 @@ _multiprocessing.install()
 _LAZY = frozenset({"PopenOptions", "SharedChild", "spawn"})
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        from . import _spawn  # noqa: PLC0415 - the point: imported on first use
+if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallback
 
-        return getattr(_spawn, name)
-    raise AttributeError(f"module 'anonshm' has no attribute {name!r}")
+    def __getattr__(name: str) -> object:
+        if name in _LAZY:
+            from . import _spawn  # noqa: PLC0415 - the point: imported on first use
+
+            return getattr(_spawn, name)
+        raise AttributeError(f"module 'anonshm' has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_LAZY})
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+del TYPE_CHECKING  # only the public names stay public

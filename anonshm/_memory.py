@@ -8,7 +8,7 @@ import os
 import stat
 import warnings
 import weakref
-from _thread import allocate_lock
+from _thread import RLock
 
 from . import _backend, _finalizer
 from ._errors import AnonShmError, InheritError, TokenError
@@ -160,7 +160,9 @@ class AnonymousMemory:
         self._size = size
         self._name = name
         self._protection = protection
-        self._lock = allocate_lock()  # a close in one thread vs a map in another
+        # A close in one thread vs a map in another; reentrant, so a close from a signal
+        # handler or a __del__ that interrupts this thread's own map cannot deadlock.
+        self._lock = RLock()
         self._fd = fd
         self._ref = _finalizer.watch(self, _close_unclosed, fd, name)
 
@@ -500,25 +502,26 @@ class AnonymousMemory:
             ...     mem.frozen, mem.protection.name, mem.export().endswith(":0")
             (True, 'READ_ONLY', True)
         """
-        fd = self.fileno()
-        frozen = self.frozen
-        if self._protection is not Protection.READ_WRITE:
-            if frozen:
-                return
-            raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
-        if not frozen:
-            try:
-                _backend.freeze(fd)
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EPERM):
-                    raise
-                raise AnonShmError(
-                    f"cannot freeze {self._name!r}: the kernel refused to seal it (only "
-                    "memfd memory can be sealed, not a directory= file or an NSPR file "
-                    "map; and only on Linux >= 5.1)"
-                ) from exc
+        # Under the lock: a close in another thread must not let the seal, which
+        # cannot be undone, land on another file that reused the number.
         with self._lock:
             fd = self.fileno()
+            frozen = bool(_backend.seals(fd) & _backend.WRITE_SEALS)
+            if self._protection is not Protection.READ_WRITE:
+                if frozen:
+                    return
+                raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
+            if not frozen:
+                try:
+                    _backend.freeze(fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.EPERM):
+                        raise
+                    raise AnonShmError(
+                        f"cannot freeze {self._name!r}: the kernel refused to seal it (only "
+                        "memfd memory can be sealed, not a directory= file or an NSPR file "
+                        "map; and only on Linux >= 5.1)"
+                    ) from exc
             readonly = _backend.reopen_readonly(fd)
             self._fd = readonly
             if self._ref is not None:
@@ -588,8 +591,12 @@ class AnonymousMemory:
             ('frame', 8)
             >>> left.close(); right.close()
         """
-        with self._lock:
-            send_fd(sock, self.fileno(), self._name, self._size, self._protection)
+        # A duplicate, so the lock is not held while a full socket blocks the send.
+        fd = self._handoff_fd()
+        try:
+            send_fd(sock, fd, self._name, self._size, self._protection)
+        finally:
+            os.close(fd)
 
     @classmethod
     def receive(cls, sock: socket.socket, *, allow_resizable: bool = False) -> Self:

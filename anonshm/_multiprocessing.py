@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from _thread import get_ident
 
 from ._errors import TokenError
 from ._memory import AnonymousMemory
@@ -90,21 +91,33 @@ class _RegisterOnImport:
     clear ``TypeError`` of plain pickle.
     """
 
+    # Recognised by this mark, not by class: a second copy of this module (anonshm
+    # imported afresh) must replace the hook, never stand beside it and ask it back.
+    anonshm_reducer_hook = True
+
+    def __init__(self) -> None:
+        self._resolving: set[int] = set()  # threads inside find_spec right now
+
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None, /
     ) -> ModuleSpec | None:
-        if fullname != _REDUCTION:
+        thread = get_ident()
+        if fullname != _REDUCTION or thread in self._resolving:
             return None
-        for finder in sys.meta_path:
-            if isinstance(finder, _RegisterOnImport):
-                continue
-            find = getattr(finder, "find_spec", None)
-            spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _RegisteringLoader(spec.loader)  # type: ignore[assignment]
-                return spec
-        return None
+        self._resolving.add(thread)  # a finder that asks the meta path again meets None
+        try:
+            for finder in sys.meta_path:
+                if getattr(finder, "anonshm_reducer_hook", False):
+                    continue
+                find = getattr(finder, "find_spec", None)
+                spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
+                if spec is not None:
+                    if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                        spec.loader = _RegisteringLoader(spec.loader)  # type: ignore[assignment]
+                    return spec
+            return None
+        finally:
+            self._resolving.discard(thread)
 
 
 def install() -> None:
@@ -112,5 +125,5 @@ def install() -> None:
     reduction = sys.modules.get(_REDUCTION)
     if reduction is not None:
         _register(reduction)
-    if not any(isinstance(finder, _RegisterOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _RegisterOnImport())
+    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "anonshm_reducer_hook", False)]
+    sys.meta_path.insert(0, _RegisterOnImport())

@@ -48,6 +48,8 @@ def check_name(name: object) -> str:
     """Return ``name`` if it can label a memory, else raise TypeError/ValueError."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
+    if type(name) is not str:  # a subclass may hash and compare as it likes
+        return _checked_name(str(name))
     checked = _CHECKED_NAMES.get(name)
     if checked is None:
         checked = _checked_name(name)

@@ -316,3 +316,36 @@ def test_a_memory_announced_read_only_arrives_with_a_read_only_descriptor(pair: 
         with AnonymousMemory.receive(right) as got:
             assert got.protection is Protection.READ_ONLY
             assert fcntl.fcntl(got.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+
+
+def test_close_is_not_held_up_by_a_send_blocked_on_a_full_socket() -> None:
+    import threading
+
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                left.send(b"x" * 4096)
+        left.setblocking(True)
+        mem = AnonymousMemory(16)
+        failed: list[OSError] = []
+
+        def send() -> None:
+            try:
+                mem.send(left)
+            except OSError as exc:  # the peer goes away at the end of the test
+                failed.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        sender.join(0.3)  # now blocked inside sendmsg, holding no lock of the memory
+        closer = threading.Thread(target=mem.close)
+        closer.start()
+        closer.join(10)
+        assert not closer.is_alive(), "close() waited for the blocked send"
+        assert mem.closed
+        right.close()  # the blocked send fails now; its duplicate is closed by send()
+        sender.join(10)
+        assert not sender.is_alive()
+        assert len(failed) == 1

@@ -226,3 +226,18 @@ def test_multiprocessing_imported_after_anonshm_still_carries_the_memory() -> No
         print("ok")
     """
     assert run_child(code).stdout.strip() == "ok"
+
+
+def test_anonshm_imported_afresh_leaves_one_hook_and_multiprocessing_imports() -> None:
+    # A second copy of the module must replace the import hook, not ask it in a loop.
+    code = """
+        import importlib, sys
+        import anonshm._multiprocessing as hooks
+        importlib.reload(hooks).install()
+        marked = [f for f in sys.meta_path if getattr(f, "anonshm_reducer_hook", False)]
+        import multiprocessing.reduction
+        from anonshm import AnonymousMemory
+        registered = AnonymousMemory in multiprocessing.reduction.ForkingPickler._extra_reducers
+        print(len(marked), registered)
+    """
+    assert run_child(code).stdout.split() == ["1", "True"]
