@@ -28,6 +28,11 @@ _HEADER: Final = struct.Struct("!8sQBH")
 _MAGIC: Final = b"anonshm\x01"
 _PROTECTIONS: Final = tuple(Protection)  # by value, without an Enum call per message
 _MAX_FDS: Final = 8  # room to see (and close) descriptors a hostile peer adds
+_FD_SIZE: Final = struct.calcsize("i")
+_CREDENTIALS_SIZE: Final = struct.calcsize("3i")  # struct ucred: pid, uid, gid
+_ANCILLARY_SPACE: Final = _socket.CMSG_SPACE(_MAX_FDS * _FD_SIZE) + _socket.CMSG_SPACE(
+    _CREDENTIALS_SIZE
+)
 
 
 def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: Protection) -> None:
@@ -43,8 +48,6 @@ def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: Prot
 
 def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
-    import socket  # noqa: PLC0415 - 2 ms of import that a child mapping memory never needs
-
     # A seqpacket or datagram message must be read whole in one call, or the kernel
     # drops its rest.  On a stream, Linux ends a read after the segment that carried
     # descriptors, so one call reads one message (sent by one sendmsg) and never the
@@ -52,7 +55,10 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
     # beyond the message is an error (finish()), never silently taken.
     stream = sock.type == _socket.SOCK_STREAM
     bufsize = _HEADER.size + MAX_NAME_BYTES + (0 if stream else 1)
-    data, fds, flags, _ = socket.recv_fds(sock, bufsize, _MAX_FDS, _socket.MSG_CMSG_CLOEXEC)
+    # Room for the descriptors and for the credentials a SO_PASSCRED socket adds, which
+    # socket.recv_fds leaves none for (the kernel would then drop the descriptor).
+    data, ancillary, flags, _ = sock.recvmsg(bufsize, _ANCILLARY_SPACE, _socket.MSG_CMSG_CLOEXEC)
+    fds = _descriptors(ancillary)
     try:
         if not data and not fds:
             raise EOFError("the peer closed the socket before sending a memory")
@@ -77,6 +83,15 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
             os.close(fd)
         raise
     return fds[0], name, size, _PROTECTIONS[protection]
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            count = len(payload) // _FD_SIZE
+            fds.extend(struct.unpack(f"{count}i", payload[: count * _FD_SIZE]))
+    return fds
 
 
 class _Message:

@@ -349,3 +349,14 @@ def test_close_is_not_held_up_by_a_send_blocked_on_a_full_socket() -> None:
         sender.join(10)
         assert not sender.is_alive()
         assert len(failed) == 1
+
+
+def test_receive_works_on_a_socket_that_passes_credentials(no_leaks: None) -> None:
+    # SO_PASSCRED adds an SCM_CREDENTIALS message the ancillary buffer must make room for.
+    left, right = socket.socketpair()
+    with left, right:
+        right.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        with AnonymousMemory(16, name="creds") as mem:
+            mem.send(left)
+            with AnonymousMemory.receive(right) as got:
+                assert (got.name, got.size) == ("creds", 16)
