@@ -107,11 +107,15 @@ class MemoryMap:
         if populate and not private_copy:
             flags |= _POPULATE
         mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew, **_NO_FD_COPY)
-        if populate and private_copy:
-            _advise(mm, mmap.MADV_WILLNEED)
-        if hugepages:
-            # Only a hint: shmem uses huge pages only if shmem_enabled allows "advise".
-            _advise(mm, _HUGEPAGE)
+        try:
+            if populate and private_copy:
+                _advise(mm, mmap.MADV_WILLNEED)
+            if hugepages:
+                # Only a hint: shmem uses huge pages only if shmem_enabled allows "advise".
+                _advise(mm, _HUGEPAGE)
+        except BaseException:
+            mm.close()  # not left mapped until the traceback lets go of this frame
+            raise
         buf = memoryview(mm)
         if skew:
             whole, buf = buf, buf[skew:]
