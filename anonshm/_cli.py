@@ -115,7 +115,7 @@ def _read(path: str) -> str:
 
 def _probe_tmpfile(directory: str) -> str:
     try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(directory, _linux.TMPFILE_FLAGS, 0o600)
     except OSError as exc:
         return f"no ({exc.strerror}): a random name, unlinked at once"
     os.close(fd)

@@ -29,6 +29,8 @@ FREEZE_SEALS: Final = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
 WRITE_SEALS: Final = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE
 _MEMFD_PREFIX: Final = "/memfd:"
 _DELETED_SUFFIX: Final = " (deleted)"
+# O_EXCL: the file can never be linked into the filesystem afterwards.
+TMPFILE_FLAGS: Final = os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC
 _NAMED_TRIES: Final = 20  # NSPR's own bound on the names it tries
 
 # Cleared the first time the kernel refuses MFD_NOEXEC_SEAL (EINVAL before 6.3).
@@ -64,8 +66,7 @@ def _memfd(name: str) -> int:
 
 def _tmpfile(directory: str) -> int:
     try:
-        # O_EXCL: the file can never be linked into the filesystem afterwards.
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return os.open(directory, TMPFILE_FLAGS, 0o600)
     except OSError as exc:
         # EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
