@@ -10,10 +10,10 @@ from . import _multiprocessing
 from ._errors import AnonShmError, InheritError, TokenError
 from ._map import MemoryMap
 from ._memory import AnonymousMemory
-from ._protection import Protection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._protection import Protection
     from ._spawn import PopenOptions, SharedChild, spawn
 
 __all__ = [
@@ -32,18 +32,27 @@ __version__ = "0.1.0"
 
 _multiprocessing.install()
 
-# spawn and its types come with subprocess and typing (~10 ms of import): loaded on
-# first use, so a child that only maps the memory it inherited never pays for them.
-_LAZY = frozenset({"PopenOptions", "SharedChild", "spawn"})
+# Loaded on first use, so a child that only maps the memory it inherited never pays for
+# them: spawn and its types come with subprocess and typing (~10 ms of import), and
+# Protection with enum (~3 ms; inside the package a protection is a plain int).
+_LAZY = {
+    "PopenOptions": "_spawn",
+    "SharedChild": "_spawn",
+    "spawn": "_spawn",
+    "Protection": "_protection",
+}
 
 
 if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallback
 
     def __getattr__(name: str) -> object:
-        if name in _LAZY:
-            from . import _spawn  # noqa: PLC0415 - the point: imported on first use
+        module = _LAZY.get(name)
+        if module is not None:
+            from importlib import import_module  # noqa: PLC0415 - only on first use
 
-            return getattr(_spawn, name)
+            value = getattr(import_module(f"{__name__}.{module}"), name)
+            globals()[name] = value  # found directly from now on
+            return value
         raise AttributeError(f"module 'anonshm' has no attribute {name!r}")
 
     def __dir__() -> list[str]:

@@ -11,7 +11,7 @@ unmaps everything anyway.
 
 from __future__ import annotations
 
-import weakref
+from _weakref import ref  # weakref.ref, without importing weakref.py
 
 TYPE_CHECKING = False
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["forget", "rearm", "watch"]
 
-_Ref = weakref.ref[object]
+_Ref = ref[object]
 _pending: dict[_Ref, tuple[Callable[..., None], tuple[object, ...]]] = {}
 
 
@@ -37,9 +37,9 @@ def _fire(
 
 def watch(obj: object, callback: Callable[..., None], *args: object) -> _Ref:
     """Call ``callback(*args)`` when ``obj`` is collected, unless forgotten first."""
-    ref = weakref.ref(obj, _fire)
-    _pending[ref] = (callback, args)
-    return ref
+    watcher = ref(obj, _fire)
+    _pending[watcher] = (callback, args)
+    return watcher
 
 
 def rearm(ref: _Ref, callback: Callable[..., None], *args: object) -> None:

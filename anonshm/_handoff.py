@@ -14,7 +14,6 @@ import os
 import struct
 
 from ._errors import TokenError
-from ._protection import Protection
 from ._wire import MAX_NAME_BYTES, check_name
 
 TYPE_CHECKING = False
@@ -26,7 +25,6 @@ __all__ = ["receive_fd", "send_fd"]
 
 _HEADER: Final = struct.Struct("!8sQBH")
 _MAGIC: Final = b"anonshm\x01"
-_PROTECTIONS: Final = tuple(Protection)  # by value, without an Enum call per message
 _MAX_FDS: Final = 8  # room to see (and close) descriptors a hostile peer adds
 _FD_SIZE: Final = struct.calcsize("i")
 _CREDENTIALS_SIZE: Final = struct.calcsize("3i")  # struct ucred: pid, uid, gid
@@ -35,18 +33,18 @@ _ANCILLARY_SPACE: Final = _socket.CMSG_SPACE(_MAX_FDS * _FD_SIZE) + _socket.CMSG
 )
 
 
-def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: Protection) -> None:
+def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: int) -> None:
     """Send one memory's descriptor and description over a connected Unix socket."""
     import socket  # noqa: PLC0415 - 2 ms of import that a child mapping memory never needs
 
     raw = name.encode()
-    message = _HEADER.pack(_MAGIC, size, protection.value, len(raw)) + raw
+    message = _HEADER.pack(_MAGIC, size, protection, len(raw)) + raw
     sent = socket.send_fds(sock, [message], [fd])
     if sent < len(message):
         sock.sendall(message[sent:])
 
 
-def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
+def receive_fd(sock: socket.socket) -> tuple[int, str, int, int]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
     # A seqpacket or datagram message must be read whole in one call, or the kernel
     # drops its rest.  On a stream, Linux ends a read after the segment that carried
@@ -82,7 +80,7 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, Protection]:
         for fd in fds:
             os.close(fd)
         raise
-    return fds[0], name, size, _PROTECTIONS[protection]
+    return fds[0], name, size, protection
 
 
 def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

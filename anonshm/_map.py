@@ -5,23 +5,32 @@ from __future__ import annotations
 import errno
 import mmap
 import sys
-import warnings
+from _warnings import warn  # what warnings.warn is, without importing warnings.py
 
 from . import _finalizer
-from ._protection import Protection
 from ._typing import final, overload
+from ._wire import PROTECTION_NAMES, WRITE_COPY, protection_member
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import weakref
     from collections.abc import Callable
     from types import TracebackType
-    from typing import Self
+    from typing import Final, Self
 
     from typing_extensions import Buffer
 
+    from ._protection import Protection
 
-__all__ = ["MemoryMap"]
+
+__all__ = ["MMAP_ARGS", "MemoryMap"]
+
+# The mmap flags and page protection NSPR uses, indexed by protection (0, 1, 2).
+MMAP_ARGS: Final = (
+    (mmap.MAP_PRIVATE, mmap.PROT_READ),
+    (mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
+    (mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE),
+)
 
 _POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
 # Python < 3.13 keeps a duplicate of the descriptor in every mmap object (for size()
@@ -51,9 +60,7 @@ def _advise(mm: mmap.mmap, advice: int) -> None:
             raise
 
 
-def _warn_unclosed(
-    label: str, offset: int, length: int, _warn: Callable[..., None] = warnings.warn
-) -> None:
+def _warn_unclosed(label: str, offset: int, length: int, _warn: Callable[..., None] = warn) -> None:
     # Holds nothing of the map: its pages go with the map and the views made from it.
     _warn(f"unclosed MemoryMap {label!r} offset={offset} length={length}", ResourceWarning)
 
@@ -87,7 +94,7 @@ class MemoryMap:
         fd: int,
         offset: int,
         length: int,
-        protection: Protection,
+        protection: int,
         *,
         populate: bool = False,
         hugepages: bool = False,
@@ -100,10 +107,10 @@ class MemoryMap:
         self._label = label
         # mmap offsets must be page-aligned: map from the page start, then slice.
         skew = offset % mmap.ALLOCATIONGRANULARITY
-        flags, prot = protection.mmap_args
+        flags, prot = MMAP_ARGS[protection]
         # MAP_POPULATE write-faults a private writable map: a copy of every page.
         # Such a map is only read ahead instead.
-        private_copy = protection is Protection.WRITE_COPY
+        private_copy = protection == WRITE_COPY
         if populate and not private_copy:
             flags |= _POPULATE
         mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew, **_NO_FD_COPY)
@@ -144,7 +151,7 @@ class MemoryMap:
     @property
     def protection(self) -> Protection:
         """This map's protection (what writes do: shared, private or refused)."""
-        return self._protection
+        return protection_member(self._protection)
 
     @property
     def closed(self) -> bool:
@@ -233,5 +240,5 @@ class MemoryMap:
         state = "closed" if self._buf is None else "open"
         return (
             f"<MemoryMap {self._label!r} offset={self._offset} length={self._length} "
-            f"protection={self._protection.name} {state}>"
+            f"protection={PROTECTION_NAMES[self._protection]} {state}>"
         )

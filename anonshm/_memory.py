@@ -6,23 +6,27 @@ import errno
 import fcntl
 import os
 import stat
-import warnings
-import weakref
 from _thread import RLock
+from _warnings import warn  # what warnings.warn is, without importing warnings.py
+from _weakref import ref
 
 from . import _backend, _finalizer
 from ._errors import AnonShmError, InheritError, TokenError
-from ._handoff import receive_fd, send_fd
 from ._map import MemoryMap
-from ._protection import Protection
 from ._typing import final
 from ._wire import (
     INHERIT_VARIABLE,
     PR_DESC_FILE,
+    PROTECTION_NAMES,
+    READ_ONLY,
+    READ_WRITE,
+    allows,
     check_name,
+    check_protection,
     format_token,
     parse_inherit_fds,
     parse_token,
+    protection_member,
 )
 
 TYPE_CHECKING = False
@@ -31,6 +35,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
     from typing import Final, Self
+
+    from ._protection import Protection
+
+    _DEFAULT_PROTECTION: Final = Protection.READ_WRITE
+else:
+    _DEFAULT_PROTECTION = READ_WRITE  # Protection.READ_WRITE, without importing enum
 
 __all__ = ["DEFAULT_NAME", "AnonymousMemory"]
 
@@ -49,21 +59,10 @@ def _check_size(size: object) -> int:
     return size
 
 
-def _check_protection(protection: object, what: str) -> Protection:
-    if type(protection) is Protection:  # the common case, without the Enum call
-        return protection
-    if not isinstance(protection, int) or isinstance(protection, bool):
-        raise TypeError(f"{what} must be a Protection, not {type(protection).__name__}")
-    try:
-        return Protection(protection)
-    except ValueError:
-        raise ValueError(f"{what} must be 0, 1 or 2 (a Protection), not {protection!r}") from None
-
-
 def _close_unclosed(
     fd: int,
     name: str,
-    _warn: Callable[..., None] = warnings.warn,
+    _warn: Callable[..., None] = warn,
     _close: Callable[[int], None] = os.close,
 ) -> None:
     # Defaults bind what teardown may already have cleared from the module.  Close
@@ -129,10 +128,10 @@ class AnonymousMemory:
     _fd: int = -1
     _size: int = 0
     _name: str = DEFAULT_NAME
-    _protection: Protection = Protection.READ_WRITE
-    _maps: list[weakref.ref[MemoryMap]] | None = None
+    _protection: int = READ_WRITE  # a Protection's value (see _wire)
+    _maps: list[ref[MemoryMap]] | None = None
     _prune_at: int = _PRUNE_AT
-    _ref: weakref.ref[object] | None = None
+    _ref: ref[object] | None = None
 
     def __init__(
         self,
@@ -140,23 +139,23 @@ class AnonymousMemory:
         *,
         name: str = DEFAULT_NAME,
         directory: str | os.PathLike[str] | None = None,
-        protection: Protection = Protection.READ_WRITE,
+        protection: Protection = _DEFAULT_PROTECTION,
         reserve: bool = False,
     ) -> None:
         size = _check_size(size)
         name = check_name(name)
-        protection = _check_protection(protection, "protection")
+        prot = check_protection(protection, "protection")
         path = None if directory is None else os.fsdecode(directory)
         fd = _backend.create(name, size, path, _check_flag(reserve, "reserve"))
-        if protection is not Protection.READ_WRITE:
+        if prot != READ_WRITE:
             try:
                 readonly = _backend.reopen_readonly(fd)
             finally:
                 os.close(fd)
             fd = readonly
-        self._own(fd, size, name, protection)
+        self._own(fd, size, name, prot)
 
-    def _own(self, fd: int, size: int, name: str, protection: Protection) -> None:
+    def _own(self, fd: int, size: int, name: str, protection: int) -> None:
         self._size = size
         self._name = name
         self._protection = protection
@@ -170,7 +169,7 @@ class AnonymousMemory:
     def _adopt(
         cls,
         fd: int,
-        protection: Protection | None,
+        protection: int | None,
         error: type[AnonShmError],
         what: str,
         *,
@@ -199,14 +198,14 @@ class AnonymousMemory:
             frozen = writable and seals & _backend.WRITE_SEALS
             if protection is None:
                 writable = writable and not frozen
-                protection = Protection.READ_WRITE if writable else Protection.READ_ONLY
-            elif protection is Protection.READ_WRITE and not writable:
+                protection = READ_WRITE if writable else READ_ONLY
+            elif protection == READ_WRITE and not writable:
                 raise error(f"{what} asks READ_WRITE, but the descriptor is read-only")
-            elif protection is Protection.READ_WRITE and frozen:
+            elif protection == READ_WRITE and frozen:
                 raise error(f"{what} asks READ_WRITE, but the memory is frozen")
             if name is None:
                 name = _backend.kernel_name(fd) or DEFAULT_NAME
-            if access == os.O_RDWR and protection is not Protection.READ_WRITE:
+            if access == os.O_RDWR and protection != READ_WRITE:
                 # A read-only memory holds a read-only descriptor, whatever it was given:
                 # handed on, it must not give the next process write access back.
                 readonly = _backend.reopen_readonly(fd)
@@ -220,9 +219,7 @@ class AnonymousMemory:
         return self
 
     @classmethod
-    def _import(
-        cls, fd: int, protection: Protection | None, error: type[AnonShmError], what: str
-    ) -> Self:
+    def _import(cls, fd: int, protection: int | None, error: type[AnonShmError], what: str) -> Self:
         # Imports never adopt: the number handed over stays with whoever owns it.
         try:
             own = os.dup(fd)  # close-on-exec, like every descriptor Python makes
@@ -303,7 +300,7 @@ class AnonymousMemory:
     @property
     def protection(self) -> Protection:
         """The most a map of this memory may ask (``READ_ONLY`` once frozen)."""
-        return self._protection
+        return protection_member(self._protection)
 
     @property
     def closed(self) -> bool:
@@ -390,13 +387,13 @@ class AnonymousMemory:
                 f"of {self._size} bytes"
             )
         if protection is None:
-            protection = self._protection
+            prot = self._protection
         else:
-            protection = _check_protection(protection, "protection")
-            if not self._protection.allows(protection):
+            prot = check_protection(protection, "protection")
+            if not allows(self._protection, prot):
                 raise PermissionError(
-                    f"cannot map {self._name!r} {protection.name}: the memory is "
-                    f"{self._protection.name}"
+                    f"cannot map {self._name!r} {PROTECTION_NAMES[prot]}: the memory is "
+                    f"{PROTECTION_NAMES[self._protection]}"
                 )
         populate = _check_flag(populate, "populate")
         hugepages = _check_flag(hugepages, "hugepages")
@@ -406,7 +403,7 @@ class AnonymousMemory:
                     self.fileno(),
                     offset,
                     length,
-                    protection,
+                    prot,
                     populate=populate,
                     hugepages=hugepages,
                     label=self._name,
@@ -417,7 +414,7 @@ class AnonymousMemory:
                 # EPERM from mmap: the seal of a memory frozen through another handle.
                 raise PermissionError(
                     exc.errno,
-                    f"cannot map {self._name!r} {protection.name}: the memory is frozen",
+                    f"cannot map {self._name!r} {PROTECTION_NAMES[prot]}: the memory is frozen",
                 ) from exc
             self._track(view)
         return view
@@ -426,9 +423,9 @@ class AnonymousMemory:
         # Weak references, so a map dropped unclosed is not kept alive by its memory.
         maps = self._maps
         if maps is None:
-            self._maps = [weakref.ref(view)]
+            self._maps = [ref(view)]
             return
-        maps.append(weakref.ref(view))
+        maps.append(ref(view))
         if len(maps) > self._prune_at:
             maps[:] = [ref for ref in maps if (live := ref()) is not None and not live.closed]
             self._prune_at = 2 * len(maps) + _PRUNE_AT
@@ -469,15 +466,16 @@ class AnonymousMemory:
         """
         self.fileno()
         wanted = (
-            self._protection if protection is None else _check_protection(protection, "protection")
+            self._protection if protection is None else check_protection(protection, "protection")
         )
-        if not self._protection.allows(wanted):
+        if not allows(self._protection, wanted):
             raise PermissionError(
-                f"cannot duplicate a {self._protection.name} memory as {wanted.name}"
+                f"cannot duplicate a {PROTECTION_NAMES[self._protection]} memory as "
+                f"{PROTECTION_NAMES[wanted]}"
             )
         with self._lock:
             fd = self.fileno()
-            own = os.dup(fd) if wanted is Protection.READ_WRITE else _backend.reopen_readonly(fd)
+            own = os.dup(fd) if wanted == READ_WRITE else _backend.reopen_readonly(fd)
         return type(self)._adopt(own, wanted, TokenError, "duplicate", name=self._name)
 
     def freeze(self) -> None:
@@ -507,7 +505,7 @@ class AnonymousMemory:
         with self._lock:
             fd = self.fileno()
             frozen = bool(_backend.seals(fd) & _backend.WRITE_SEALS)
-            if self._protection is not Protection.READ_WRITE:
+            if self._protection != READ_WRITE:
                 if frozen:
                     return
                 raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
@@ -526,7 +524,7 @@ class AnonymousMemory:
             self._fd = readonly
             if self._ref is not None:
                 _finalizer.rearm(self._ref, _close_unclosed, readonly, self._name)
-            self._protection = Protection.READ_ONLY
+            self._protection = READ_ONLY
             os.close(fd)
 
     def _handoff_fd(self) -> int:
@@ -592,6 +590,8 @@ class AnonymousMemory:
             >>> left.close(); right.close()
         """
         # A duplicate, so the lock is not held while a full socket blocks the send.
+        from ._handoff import send_fd  # noqa: PLC0415 - struct and _socket only when used
+
         fd = self._handoff_fd()
         try:
             send_fd(sock, fd, self._name, self._size, self._protection)
@@ -630,6 +630,8 @@ class AnonymousMemory:
             ('shared', 32, 'READ_WRITE')
             >>> ours.close(); theirs.close()
         """
+        from ._handoff import receive_fd  # noqa: PLC0415 - struct and _socket only when used
+
         allow_resizable = _check_flag(allow_resizable, "allow_resizable")
         fd, name, size, protection = receive_fd(sock)
         what = f"memory received as {name!r}"
@@ -661,7 +663,7 @@ class AnonymousMemory:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"
         return (
             f"<AnonymousMemory {self._name!r} size={self._size} "
-            f"protection={self._protection.name} {state}>"
+            f"protection={PROTECTION_NAMES[self._protection]} {state}>"
         )
 
 

@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
-    from ._protection import Protection
-
 __all__ = ["install"]
 
 _REDUCTION: Final = "multiprocessing.reduction"
@@ -49,10 +47,10 @@ def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tu
             "the worker has received it (e.g. until the task's result is in)"
         )
     dup = reduction.DupFd(memory.fileno())
-    return _rebuild, (dup, memory.name, memory.protection)
+    return _rebuild, (dup, memory.name, memory._protection)
 
 
-def _rebuild(dup: _DupFd, name: str, protection: Protection) -> AnonymousMemory:
+def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
     fd = dup.detach()
     os.set_inheritable(fd, False)
     what = f"memory {name!r} from multiprocessing"

@@ -1,9 +1,15 @@
-"""Protection: what a memory or a map may do, with NSPR's numeric values."""
+"""Protection: what a memory or a map may do, with NSPR's numeric values.
+
+Loaded on first use (``anonshm.Protection``, or a ``protection`` property): inside the
+package a protection is a plain int (``_wire``), so a child that only maps inherited
+memory never imports ``enum``.
+"""
 
 from __future__ import annotations
 
 import enum
-import mmap
+
+from . import _map, _wire
 
 __all__ = ["Protection"]
 
@@ -23,9 +29,9 @@ class Protection(enum.IntEnum):
         True
     """
 
-    READ_ONLY = 0
-    READ_WRITE = 1
-    WRITE_COPY = 2
+    READ_ONLY = _wire.READ_ONLY
+    READ_WRITE = _wire.READ_WRITE
+    WRITE_COPY = _wire.WRITE_COPY
 
     def allows(self, wanted: Protection) -> bool:
         """Whether a memory of this protection may be mapped with ``wanted``.
@@ -33,16 +39,12 @@ class Protection(enum.IntEnum):
         Private copies (``READ_ONLY``, ``WRITE_COPY``) may be made of any memory; a
         shared writable map (``READ_WRITE``) needs a ``READ_WRITE`` memory.
         """
-        return wanted is not Protection.READ_WRITE or self is Protection.READ_WRITE
+        return _wire.allows(self, wanted)
 
     @property
     def mmap_args(self) -> tuple[int, int]:
         """The ``mmap`` flags and page protection NSPR uses for this protection."""
-        return _MMAP_ARGS[self]
+        return _map.MMAP_ARGS[self]
 
 
-_MMAP_ARGS: dict[Protection, tuple[int, int]] = {
-    Protection.READ_ONLY: (mmap.MAP_PRIVATE, mmap.PROT_READ),
-    Protection.READ_WRITE: (mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
-    Protection.WRITE_COPY: (mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE),
-}
+MEMBERS: tuple[Protection, ...] = tuple(Protection)  # by value, without an Enum call

@@ -7,20 +7,28 @@ is refused with a message that says what was wrong.
 from __future__ import annotations
 
 from ._errors import InheritError, TokenError
-from ._protection import Protection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
+    from ._protection import Protection
+
 __all__ = [
     "INHERIT_VARIABLE",
+    "PROTECTION_NAMES",
     "PR_DESC_FILE",
+    "READ_ONLY",
+    "READ_WRITE",
+    "WRITE_COPY",
+    "allows",
     "check_name",
+    "check_protection",
     "format_inherit_fds",
     "format_token",
     "parse_inherit_fds",
     "parse_token",
+    "protection_member",
 ]
 
 INHERIT_VARIABLE: Final = "NSPR_INHERIT_FDS"
@@ -33,7 +41,41 @@ _HEX: Final = frozenset("0123456789abcdef")
 _CHECKED_NAMES: dict[str, str] = {}  # a program labels memories with a few names, often
 _MAX_CHECKED_NAMES: Final = 256
 _PROTECTION_DIGITS: Final = ("0", "1", "2")
-_PROTECTIONS: Final = tuple(Protection)
+
+# NSPR's PRFileMapProtect, the values of the public Protection enum.  Inside the package
+# a protection is one of these plain ints: the enum (and the 3 ms that importing enum
+# costs a fresh child) is loaded only when a caller asks for a Protection.
+READ_ONLY: Final = 0
+READ_WRITE: Final = 1
+WRITE_COPY: Final = 2
+PROTECTION_NAMES: Final = ("READ_ONLY", "READ_WRITE", "WRITE_COPY")
+
+
+def allows(have: int, wanted: int) -> bool:
+    """Whether a memory of protection ``have`` may be mapped with ``wanted``.
+
+    Private copies (``READ_ONLY``, ``WRITE_COPY``) may be made of any memory; a shared
+    writable map (``READ_WRITE``) needs a ``READ_WRITE`` memory.
+    """
+    return wanted != READ_WRITE or have == READ_WRITE
+
+
+def check_protection(value: object, what: str) -> int:
+    """``value`` (a Protection, or its int) as a plain int; TypeError/ValueError if not one."""
+    if type(value) is not int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{what} must be a Protection, not {type(value).__name__}")
+        value = int(value)  # a Protection member (or another int subclass)
+    if not READ_ONLY <= value <= WRITE_COPY:
+        raise ValueError(f"{what} must be 0, 1 or 2 (a Protection), not {value!r}")
+    return value
+
+
+def protection_member(value: int) -> Protection:
+    """The public Protection for a checked int (the enum is imported on first use)."""
+    from ._protection import MEMBERS  # noqa: PLC0415 - the point: enum only when asked
+
+    return MEMBERS[value]
 
 
 def _digits(text: str, alphabet: frozenset[str], longest: int) -> bool:
@@ -72,12 +114,12 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def format_token(fd: int, protection: Protection) -> str:
+def format_token(fd: int, protection: int) -> str:
     """NSPR's Unix token for a descriptor: ``"<fd>:<prot>"``."""
-    return f"{fd}:{protection.value}"
+    return f"{fd}:{protection:d}"
 
 
-def parse_token(token: object) -> tuple[int, Protection]:
+def parse_token(token: object) -> tuple[int, int]:
     """The descriptor number and protection a token names; TokenError if malformed."""
     if not isinstance(token, str):
         raise TypeError(f"token must be a str, not {type(token).__name__}")
@@ -91,7 +133,7 @@ def parse_token(token: object) -> tuple[int, Protection]:
     fd = int(fd_text)
     if fd > MAX_FD:
         raise TokenError(f"token {token!r} names descriptor {fd}, which no process can have")
-    return fd, _PROTECTIONS[int(prot_text)]
+    return fd, int(prot_text)
 
 
 def format_inherit_fds(entries: list[tuple[str, int]]) -> str:

@@ -88,8 +88,8 @@ def pieces() -> None:
     _row("  _check_size(4096)", lambda: _memory._check_size(4096))
     _row("  check_name('anonshm')", lambda: _wire.check_name("anonshm"))
     _row(
-        "  _check_protection(READ_WRITE)",
-        lambda: _memory._check_protection(Protection.READ_WRITE, "protection"),
+        "  check_protection(READ_WRITE)",
+        lambda: _wire.check_protection(Protection.READ_WRITE, "protection"),
     )
     with AnonymousMemory(4096) as held:
         fd = held.fileno()
