@@ -6,13 +6,18 @@ inheritance (:func:`spawn` and :meth:`AnonymousMemory.inherited`) and the export
 string token (:meth:`AnonymousMemory.export` and :meth:`AnonymousMemory.from_token`).
 """
 
-from . import _multiprocessing
+import sys
+
 from ._errors import AnonShmError, InheritError, TokenError
 from ._map import MemoryMap
 from ._memory import AnonymousMemory
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+
     from ._protection import Protection
     from ._spawn import PopenOptions, SharedChild, spawn
 
@@ -30,7 +35,36 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-_multiprocessing.install()
+_REDUCTION = "multiprocessing.reduction"
+
+
+class _ReducerHook:
+    """An import hook: multiprocessing's pickler learns to send memories when it loads.
+
+    Only the check of the name is here; the work (``_multiprocessing``) is imported when
+    multiprocessing.reduction is, so a child that never uses multiprocessing does not
+    pay for it.
+    """
+
+    anonshm_reducer_hook = True  # the mark a second copy of anonshm replaces this by
+
+    def find_spec(
+        self, fullname: str, path: "Sequence[str] | None", target: "ModuleType | None" = None, /
+    ) -> "ModuleSpec | None":
+        if fullname != _REDUCTION:
+            return None
+        from ._multiprocessing import find_spec  # noqa: PLC0415 - the point
+
+        return find_spec(fullname, path, target)
+
+
+if _REDUCTION in sys.modules:  # multiprocessing came first: register at once
+    from ._multiprocessing import register
+
+    register(sys.modules[_REDUCTION])
+    del register
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "anonshm_reducer_hook", False)]
+sys.meta_path.insert(0, _ReducerHook())
 
 # Loaded on first use, so a child that only maps the memory it inherited never pays for
 # them: spawn and its types come with subprocess and typing (~10 ms of import), and
@@ -59,4 +93,4 @@ if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallbac
         return sorted({*globals(), *_LAZY})
 
 
-del TYPE_CHECKING  # only the public names stay public
+del TYPE_CHECKING, sys  # only the public names stay public

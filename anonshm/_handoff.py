@@ -3,12 +3,17 @@
 One message: a fixed header (magic, size, protection, name length), the UTF-8 name,
 and exactly one descriptor riding along.  Receiving is strict; on any error every
 descriptor that arrived is closed, so a hostile peer cannot make this process leak.
+
+Imported on the first send or receive (a child that only maps inherited memory never
+needs it), and written for the handoff's latency: one ``sendmsg`` and one ``recvmsg``
+with no ``socket``-module helpers, whose enum conversions and ``array`` packing cost
+more than the system calls (benchmarks/, long-lived worker).
 """
 
 from __future__ import annotations
 
-# _socket's constants are plain ints: `int & socket.MSG_TRUNC` goes through enum.Flag
-# at about 1.5 us a test, and importing socket itself is deferred (see below).
+# _socket, not socket: its constants are plain ints and its getters build no enums;
+# whoever holds a socket.socket has imported it already.
 import _socket
 import os
 import struct
@@ -25,33 +30,40 @@ __all__ = ["receive_fd", "send_fd"]
 
 _HEADER: Final = struct.Struct("!8sQBH")
 _MAGIC: Final = b"anonshm\x01"
+_FD: Final = struct.Struct("i")  # one descriptor in SCM_RIGHTS: a native C int
 _MAX_FDS: Final = 8  # room to see (and close) descriptors a hostile peer adds
-_FD_SIZE: Final = struct.calcsize("i")
 _CREDENTIALS_SIZE: Final = struct.calcsize("3i")  # struct ucred: pid, uid, gid
-_ANCILLARY_SPACE: Final = _socket.CMSG_SPACE(_MAX_FDS * _FD_SIZE) + _socket.CMSG_SPACE(
+_ANCILLARY_SPACE: Final = _socket.CMSG_SPACE(_MAX_FDS * _FD.size) + _socket.CMSG_SPACE(
     _CREDENTIALS_SIZE
 )
+_SOCKET_TYPE: Final = _socket.socket.type  # the C getter: socket.socket.type makes an enum
+
+
+def _check_socket(sock: object) -> None:
+    if not isinstance(sock, _socket.socket):
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
 
 
 def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: int) -> None:
     """Send one memory's descriptor and description over a connected Unix socket."""
-    import socket  # noqa: PLC0415 - 2 ms of import that a child mapping memory never needs
-
+    _check_socket(sock)
     raw = name.encode()
     message = _HEADER.pack(_MAGIC, size, protection, len(raw)) + raw
-    sent = socket.send_fds(sock, [message], [fd])
-    if sent < len(message):
+    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(fd))]
+    sent = sock.sendmsg([message], rights)
+    if sent < len(message):  # a stream socket took only part; the descriptor went with it
         sock.sendall(message[sent:])
 
 
 def receive_fd(sock: socket.socket) -> tuple[int, str, int, int]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
+    _check_socket(sock)
     # A seqpacket or datagram message must be read whole in one call, or the kernel
     # drops its rest.  On a stream, Linux ends a read after the segment that carried
     # descriptors, so one call reads one message (sent by one sendmsg) and never the
     # next; what a split send left behind is read to the exact count, and any byte
-    # beyond the message is an error (finish()), never silently taken.
-    stream = sock.type == _socket.SOCK_STREAM
+    # beyond the message is an error, never silently taken.
+    stream = sock if _SOCKET_TYPE.__get__(sock) == _socket.SOCK_STREAM else None
     bufsize = _HEADER.size + MAX_NAME_BYTES + (0 if stream else 1)
     # Room for the descriptors and for the credentials a SO_PASSCRED socket adds, which
     # socket.recv_fds leaves none for (the kernel would then drop the descriptor).
@@ -66,16 +78,21 @@ def receive_fd(sock: socket.socket) -> tuple[int, str, int, int]:
             raise TokenError(f"a memory comes with exactly one descriptor, not {len(fds)}")
         if flags & _socket.MSG_TRUNC:
             raise TokenError(f"the handoff message is longer than {bufsize} bytes")
-        message = _Message(sock if stream else None, data)
-        magic, size, protection, name_length = _HEADER.unpack(message.take(_HEADER.size))
+        if len(data) < _HEADER.size:
+            data = _completed(stream, data, _HEADER.size)
+        magic, size, protection, name_length = _HEADER.unpack_from(data)
         if magic != _MAGIC:
             raise TokenError(f"not an anonshm handoff message (it starts {magic!r})")
-        if protection not in (0, 1, 2):
+        if protection > 2:
             raise TokenError(f"the handoff message has protection {protection}, not 0, 1 or 2")
         if not 0 < name_length <= MAX_NAME_BYTES:
             raise TokenError(f"the handoff message announces a name of {name_length} bytes")
-        name = _decode_name(message.take(name_length))
-        message.finish()
+        end = _HEADER.size + name_length
+        if len(data) < end:
+            data = _completed(stream, data, end)
+        elif len(data) > end:
+            raise TokenError(f"the handoff message has {len(data) - end} bytes too many")
+        name = _decode_name(data[_HEADER.size :])
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -87,33 +104,24 @@ def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, payload in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            count = len(payload) // _FD_SIZE
-            fds.extend(struct.unpack(f"{count}i", payload[: count * _FD_SIZE]))
+            whole = len(payload) - len(payload) % _FD.size
+            fds.extend(memoryview(payload)[:whole].cast("i"))
     return fds
 
 
-class _Message:
-    """The bytes of one handoff message: what arrived, and on a stream what follows."""
-
-    def __init__(self, stream: socket.socket | None, data: bytes) -> None:
-        self._stream = stream
-        self._pending = bytearray(data)
-
-    def take(self, count: int) -> bytes:
-        while len(self._pending) < count and self._stream is not None:
-            chunk = self._stream.recv(count - len(self._pending))
-            if not chunk:
-                break
-            self._pending += chunk
-        if len(self._pending) < count:
-            raise TokenError("the handoff message was cut short")
-        taken = bytes(self._pending[:count])
-        del self._pending[:count]
-        return taken
-
-    def finish(self) -> None:
-        if self._pending:
-            raise TokenError(f"the handoff message has {len(self._pending)} bytes too many")
+def _completed(stream: socket.socket | None, data: bytes, count: int) -> bytes:
+    """``data`` read on to exactly ``count`` bytes from a stream; TokenError if it ends first."""
+    chunks = [data]
+    have = len(data)
+    while have < count and stream is not None:
+        chunk = stream.recv(count - have)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        have += len(chunk)
+    if have < count:
+        raise TokenError("the handoff message was cut short")
+    return b"".join(chunks)
 
 
 def _decode_name(raw: bytes) -> str:

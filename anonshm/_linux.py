@@ -1,6 +1,10 @@
-"""Linux system calls: memfd_create, seals, O_TMPFILE and /proc.
+"""The Linux backend: memfd_create, seals, O_TMPFILE and /proc.
 
-This module only makes system calls; checks and bookkeeping live in ``_memory``.
+A backend is a module of plain functions making the system calls -- ``create``,
+``seals``, ``freeze``, ``reopen_readonly``, ``kernel_name`` -- and the constants
+``FIXED_SIZE_SEALS``, ``FREEZE_SEALS``, ``WRITE_SEALS``, ``NAME`` and
+``DEFAULT_STRATEGY``; ``_memory`` chooses one by platform.  It only makes system calls:
+checks and bookkeeping live in ``_memory``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ if TYPE_CHECKING:
     from typing import Final
 
 __all__ = [
+    "DEFAULT_STRATEGY",
+    "FIXED_SIZE_SEALS",
+    "FREEZE_SEALS",
+    "NAME",
+    "WRITE_SEALS",
     "create",
     "freeze",
     "kernel_name",
@@ -21,6 +30,8 @@ __all__ = [
     "seals",
 ]
 
+NAME: Final = "linux"
+DEFAULT_STRATEGY: Final = "memfd_create"
 MFD_NOEXEC_SEAL: Final = 0x0008  # Linux >= 6.3; Python 3.11's os module lacks it
 F_SEAL_FUTURE_WRITE: Final = 0x0010  # Linux >= 5.1; Python 3.11's fcntl lacks it
 FIXED_SIZE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW

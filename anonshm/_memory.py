@@ -6,14 +6,13 @@ import errno
 import fcntl
 import os
 import stat
+import sys
 from _thread import RLock
 from _warnings import warn  # what warnings.warn is, without importing warnings.py
 from _weakref import ref
 
-from . import _backend, _finalizer
 from ._errors import AnonShmError, InheritError, TokenError
-from ._map import MemoryMap
-from ._typing import final
+from ._map import MemoryMap, final, forget, rearm, watch
 from ._wire import (
     INHERIT_VARIABLE,
     PR_DESC_FILE,
@@ -29,18 +28,28 @@ from ._wire import (
     protection_member,
 )
 
+# The one place that chooses the platform backend: a module of plain functions making
+# the system calls (see _linux for what one provides).  Linux is the platform anonshm is
+# built and tested on; another POSIX system gets its own module beside _linux.
+if sys.platform == "linux":
+    from . import _linux as _backend
+else:  # pragma: no cover - no backend yet: fail at import with a clear message
+    raise ImportError(f"anonshm has no backend for {sys.platform!r} yet (Linux only)")
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
-    from types import TracebackType
+    from types import ModuleType, TracebackType
     from typing import Final, Self
 
+    from . import _handoff
     from ._protection import Protection
 
     _DEFAULT_PROTECTION: Final = Protection.READ_WRITE
 else:
     _DEFAULT_PROTECTION = READ_WRITE  # Protection.READ_WRITE, without importing enum
+    _handoff = None  # imported by the first send or receive: see _load_handoff
 
 __all__ = ["DEFAULT_NAME", "AnonymousMemory"]
 
@@ -71,6 +80,22 @@ def _close_unclosed(
         _close(fd)
     finally:
         _warn(f"unclosed AnonymousMemory {name!r} fd={fd}", ResourceWarning)
+
+
+def _load_handoff() -> ModuleType:
+    # struct and _socket cost a child that only maps inherited memory 0.5 ms; and a
+    # function-level import statement costs each handoff 0.8 us, so it is kept here.
+    global _handoff
+    from . import _handoff as module  # noqa: PLC0415
+
+    _handoff = module
+    return module
+
+
+def _check_int(value: object, what: str, alternative: str = "") -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int{alternative}, not {type(value).__name__}")
+    return int(value)  # an int subclass, as a plain int
 
 
 def _check_flag(value: object, what: str) -> bool:
@@ -163,7 +188,7 @@ class AnonymousMemory:
         # handler or a __del__ that interrupts this thread's own map cannot deadlock.
         self._lock = RLock()
         self._fd = fd
-        self._ref = _finalizer.watch(self, _close_unclosed, fd, name)
+        self._ref = watch(self, _close_unclosed, fd, name)
 
     @classmethod
     def _adopt(
@@ -374,33 +399,33 @@ class AnonymousMemory:
             ...         view.buf.readonly, len(view)
             (True, 4)
         """
-        self.fileno()
-        if not isinstance(offset, int) or isinstance(offset, bool):
-            raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+        # Checks in line, plain types first: this is the path of every handoff.
+        if self._fd < 0:
+            raise ValueError("I/O operation on a closed AnonymousMemory")
+        size = self._size
+        if type(offset) is not int:
+            offset = _check_int(offset, "offset")
         if length is None:
-            length = self._size - offset
-        elif not isinstance(length, int) or isinstance(length, bool):
-            raise TypeError(f"length must be an int or None, not {type(length).__name__}")
-        if not 0 <= offset < self._size or not 0 < length <= self._size - offset:
+            length = size - offset
+        elif type(length) is not int:
+            length = _check_int(length, "length", " or None")
+        if not 0 <= offset < size or not 0 < length <= size - offset:
             raise ValueError(
                 f"window offset={offset} length={length} is empty or outside the memory "
-                f"of {self._size} bytes"
+                f"of {size} bytes"
             )
-        if protection is None:
-            prot = self._protection
-        else:
-            prot = check_protection(protection, "protection")
-            if not allows(self._protection, prot):
-                raise PermissionError(
-                    f"cannot map {self._name!r} {PROTECTION_NAMES[prot]}: the memory is "
-                    f"{PROTECTION_NAMES[self._protection]}"
-                )
-        populate = _check_flag(populate, "populate")
-        hugepages = _check_flag(hugepages, "hugepages")
+        prot = self._protection if protection is None else self._map_protection(protection)
+        if populate is not False:
+            populate = _check_flag(populate, "populate")
+        if hugepages is not False:
+            hugepages = _check_flag(hugepages, "hugepages")
         with self._lock:
+            fd = self._fd
+            if fd < 0:  # closed by another thread since the check above
+                raise ValueError("I/O operation on a closed AnonymousMemory")
             try:
                 view = MemoryMap(
-                    self.fileno(),
+                    fd,
                     offset,
                     length,
                     prot,
@@ -418,6 +443,15 @@ class AnonymousMemory:
                 ) from exc
             self._track(view)
         return view
+
+    def _map_protection(self, protection: object) -> int:
+        prot = check_protection(protection, "protection")
+        if not allows(self._protection, prot):
+            raise PermissionError(
+                f"cannot map {self._name!r} {PROTECTION_NAMES[prot]}: the memory is "
+                f"{PROTECTION_NAMES[self._protection]}"
+            )
+        return prot
 
     def _track(self, view: MemoryMap) -> None:
         # Weak references, so a map dropped unclosed is not kept alive by its memory.
@@ -523,7 +557,7 @@ class AnonymousMemory:
             readonly = _backend.reopen_readonly(fd)
             self._fd = readonly
             if self._ref is not None:
-                _finalizer.rearm(self._ref, _close_unclosed, readonly, self._name)
+                rearm(self._ref, _close_unclosed, readonly, self._name)
             self._protection = READ_ONLY
             os.close(fd)
 
@@ -559,7 +593,7 @@ class AnonymousMemory:
             self._fd = -1
             maps, self._maps = self._maps, None
         if self._ref is not None:
-            _finalizer.forget(self._ref)
+            forget(self._ref)
             self._ref = None  # no callback at all when the object goes
         try:
             for ref in maps or ():
@@ -590,11 +624,10 @@ class AnonymousMemory:
             >>> left.close(); right.close()
         """
         # A duplicate, so the lock is not held while a full socket blocks the send.
-        from ._handoff import send_fd  # noqa: PLC0415 - struct and _socket only when used
-
+        handoff = _handoff or _load_handoff()
         fd = self._handoff_fd()
         try:
-            send_fd(sock, fd, self._name, self._size, self._protection)
+            handoff.send_fd(sock, fd, self._name, self._size, self._protection)
         finally:
             os.close(fd)
 
@@ -630,10 +663,8 @@ class AnonymousMemory:
             ('shared', 32, 'READ_WRITE')
             >>> ours.close(); theirs.close()
         """
-        from ._handoff import receive_fd  # noqa: PLC0415 - struct and _socket only when used
-
         allow_resizable = _check_flag(allow_resizable, "allow_resizable")
-        fd, name, size, protection = receive_fd(sock)
+        fd, name, size, protection = (_handoff or _load_handoff()).receive_fd(sock)
         what = f"memory received as {name!r}"
         return cls._adopt(
             fd, protection, TokenError, what, name=name, size=size, fixed_size=not allow_resizable

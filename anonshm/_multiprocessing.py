@@ -5,10 +5,11 @@ meets ``AnonymousMemory.__reduce__`` and is refused.  The descriptor travels thr
 multiprocessing's ``DupFd``: handed to the child at spawn/forkserver start, or served by
 the parent's resource sharer (``SCM_RIGHTS`` over a Unix socket) for pools and queues.
 
-Importing multiprocessing costs about 5 ms, a third of what ``import anonshm`` would
-cost a child that only maps inherited memory; so the reducer is registered when
+Importing multiprocessing costs about 5 ms, five times what ``import anonshm`` costs a
+child that only maps inherited memory; so the reducer is registered when
 ``multiprocessing.reduction`` is imported (a program that pickles with multiprocessing
-always imports it), or at once if it already is.
+always imports it), or at once if it already is.  The import hook that notices is in
+``anonshm/__init__.py``; this module is loaded only when multiprocessing is.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ._memory import AnonymousMemory
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from typing import Final, Protocol
+    from typing import Protocol
 
     class _DupFd(Protocol):
         def detach(self) -> int: ...
@@ -31,9 +32,7 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
-__all__ = ["install"]
-
-_REDUCTION: Final = "multiprocessing.reduction"
+__all__ = ["find_spec", "register"]
 
 
 def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tuple[object, ...]]:
@@ -57,7 +56,8 @@ def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
     return AnonymousMemory._adopt(fd, protection, TokenError, what, name=name)
 
 
-def _register(reduction: ModuleType) -> None:
+def register(reduction: ModuleType) -> None:
+    """Register the reducer with a loaded multiprocessing.reduction."""
     reduction.register(AnonymousMemory, _reduce)
 
 
@@ -76,52 +76,40 @@ class _RegisteringLoader:
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)  # type: ignore[attr-defined]
-        _register(module)
+        register(module)
 
 
-class _RegisterOnImport:
-    """An import hook: wraps the loader of multiprocessing.reduction, every time it loads.
+_resolving: set[int] = set()  # threads inside find_spec right now
 
-    It asks the other finders for the module, as the import system would have, and
-    only wraps the loader they return (a reload loads it again, and registers again).
-    With no spec, or a loader it cannot wrap, it steps aside and the import proceeds
-    untouched: the reducer is then not registered, and pickling a memory stays the
-    clear ``TypeError`` of plain pickle.
+
+def find_spec(
+    fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+) -> ModuleSpec | None:
+    """The spec of multiprocessing.reduction, its loader wrapped to register the reducer.
+
+    Called by the import hook in ``anonshm/__init__.py`` for that one module, every time
+    it loads (a reload registers again).  It asks the other finders, as the import
+    system would have, and only wraps the loader they return.  With no spec, or a
+    loader it cannot wrap, it steps aside and the import proceeds untouched: the
+    reducer is then not registered, and pickling a memory stays the clear
+    ``TypeError`` of plain pickle.
     """
-
-    # Recognised by this mark, not by class: a second copy of this module (anonshm
-    # imported afresh) must replace the hook, never stand beside it and ask it back.
-    anonshm_reducer_hook = True
-
-    def __init__(self) -> None:
-        self._resolving: set[int] = set()  # threads inside find_spec right now
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None, /
-    ) -> ModuleSpec | None:
-        thread = get_ident()
-        if fullname != _REDUCTION or thread in self._resolving:
-            return None
-        self._resolving.add(thread)  # a finder that asks the meta path again meets None
-        try:
-            for finder in sys.meta_path:
-                if getattr(finder, "anonshm_reducer_hook", False):
-                    continue
-                find = getattr(finder, "find_spec", None)
-                spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
-                if spec is not None:
-                    if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                        spec.loader = _RegisteringLoader(spec.loader)  # type: ignore[assignment]
-                    return spec
-            return None
-        finally:
-            self._resolving.discard(thread)
-
-
-def install() -> None:
-    """Register the reducer now if multiprocessing is loaded, and whenever it loads."""
-    reduction = sys.modules.get(_REDUCTION)
-    if reduction is not None:
-        _register(reduction)
-    sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "anonshm_reducer_hook", False)]
-    sys.meta_path.insert(0, _RegisterOnImport())
+    thread = get_ident()
+    if thread in _resolving:
+        return None  # a finder that asks the meta path again meets None
+    _resolving.add(thread)
+    try:
+        for finder in sys.meta_path:
+            # Recognised by this mark, not by class: a second copy of the hook (anonshm
+            # imported afresh) must never be asked back.
+            if getattr(finder, "anonshm_reducer_hook", False):
+                continue
+            find = getattr(finder, "find_spec", None)
+            spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _RegisteringLoader(spec.loader)  # type: ignore[assignment]
+                return spec
+        return None
+    finally:
+        _resolving.discard(thread)

@@ -64,8 +64,10 @@ def _overhead(label: str, mine: float, raw: float) -> None:
 
 
 def pieces() -> None:
-    from anonshm import AnonymousMemory, Protection, _backend, _linux, _memory, _spawn, _wire
+    from anonshm import AnonymousMemory, Protection, _linux, _map, _memory, _spawn, _wire
     from anonshm._map import MemoryMap
+
+    _backend = _linux
 
     print("\n== create + close (4 KiB): AnonymousMemory(4096).close() ==")
 
@@ -103,12 +105,10 @@ def pieces() -> None:
             weakref.finalize(held, print, "label").detach()
 
         def watch() -> None:
-            from anonshm import _finalizer
-
-            _finalizer.forget(_finalizer.watch(held, print, "label"))
+            _map.forget(_map.watch(held, print, "label"))
 
         _row("  weakref.finalize(...) + detach() (the stdlib net)", finalize)
-        _row("  _finalizer.watch(...) + forget() (anonshm's net, if present)", watch)
+        _row("  _map.watch(...) + forget() (anonshm's net)", watch)
 
         print("\n== map + close (4 KiB): mem.map() then view.close() ==")
 

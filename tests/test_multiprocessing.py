@@ -232,8 +232,8 @@ def test_anonshm_imported_afresh_leaves_one_hook_and_multiprocessing_imports() -
     # A second copy of the module must replace the import hook, not ask it in a loop.
     code = """
         import importlib, sys
-        import anonshm._multiprocessing as hooks
-        importlib.reload(hooks).install()
+        import anonshm
+        importlib.reload(anonshm)
         marked = [f for f in sys.meta_path if getattr(f, "anonshm_reducer_hook", False)]
         import multiprocessing.reduction
         from anonshm import AnonymousMemory
