@@ -16,8 +16,6 @@ allow is a ``PermissionError``.  All of these pickle, so they can cross a proces
 boundary (a multiprocessing pool re-raises them in the parent).
 """
 
-from __future__ import annotations
-
 __all__ = ["AnonShmError", "InheritError", "TokenError"]
 
 

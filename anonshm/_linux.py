@@ -7,8 +7,6 @@ A backend is a module of plain functions making the system calls -- ``create``,
 checks and bookkeeping live in ``_memory``.
 """
 
-from __future__ import annotations
-
 import errno
 import fcntl
 import os
@@ -30,19 +28,19 @@ __all__ = [
     "seals",
 ]
 
-NAME: Final = "linux"
-DEFAULT_STRATEGY: Final = "memfd_create"
-MFD_NOEXEC_SEAL: Final = 0x0008  # Linux >= 6.3; Python 3.11's os module lacks it
-F_SEAL_FUTURE_WRITE: Final = 0x0010  # Linux >= 5.1; Python 3.11's fcntl lacks it
-FIXED_SIZE_SEALS: Final = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-FREEZE_SEALS: Final = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
+NAME: "Final" = "linux"
+DEFAULT_STRATEGY: "Final" = "memfd_create"
+MFD_NOEXEC_SEAL: "Final" = 0x0008  # Linux >= 6.3; Python 3.11's os module lacks it
+F_SEAL_FUTURE_WRITE: "Final" = 0x0010  # Linux >= 5.1; Python 3.11's fcntl lacks it
+FIXED_SIZE_SEALS: "Final" = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+FREEZE_SEALS: "Final" = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
 # Either seal refuses new writes; F_SEAL_SEAL alone (every tmpfs file has it) does not.
-WRITE_SEALS: Final = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE
-_MEMFD_PREFIX: Final = "/memfd:"
-_DELETED_SUFFIX: Final = " (deleted)"
+WRITE_SEALS: "Final" = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE
+_MEMFD_PREFIX: "Final" = "/memfd:"
+_DELETED_SUFFIX: "Final" = " (deleted)"
 # O_EXCL: the file can never be linked into the filesystem afterwards.
-TMPFILE_FLAGS: Final = os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC
-_NAMED_TRIES: Final = 20  # NSPR's own bound on the names it tries
+TMPFILE_FLAGS: "Final" = os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC
+_NAMED_TRIES: "Final" = 20  # NSPR's own bound on the names it tries
 
 # Cleared the first time the kernel refuses MFD_NOEXEC_SEAL (EINVAL before 6.3).
 _memfd_flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL

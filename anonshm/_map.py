@@ -1,7 +1,5 @@
 """MemoryMap: one window of an anonymous memory mapped into this process."""
 
-from __future__ import annotations
-
 import errno
 import mmap
 import sys
@@ -37,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["MMAP_ARGS", "MemoryMap", "final", "forget", "rearm", "watch"]
 
 # The mmap flags and page protection NSPR uses, indexed by protection (0, 1, 2).
-MMAP_ARGS: Final = (
+MMAP_ARGS: "Final" = (
     (mmap.MAP_PRIVATE, mmap.PROT_READ),
     (mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
     (mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE),
@@ -61,12 +59,12 @@ _GRANULARITY: int = mmap.ALLOCATIONGRANULARITY
 # and unmaps everything anyway.
 
 _Ref = ref[object]
-_pending: dict[_Ref, tuple[Callable[..., None], tuple[object, ...]]] = {}
+_pending: "dict[_Ref, tuple[Callable[..., None], tuple[object, ...]]]" = {}
 
 
 def _fire(
     watcher: _Ref,
-    _pending: dict[_Ref, tuple[Callable[..., None], tuple[object, ...]]] = _pending,
+    _pending: "dict[_Ref, tuple[Callable[..., None], tuple[object, ...]]]" = _pending,
 ) -> None:
     # The default argument keeps the registry reachable during interpreter teardown.
     entry = _pending.pop(watcher, None)
@@ -75,14 +73,14 @@ def _fire(
         callback(*args)
 
 
-def watch(obj: object, callback: Callable[..., None], *args: object) -> _Ref:
+def watch(obj: object, callback: "Callable[..., None]", *args: object) -> _Ref:
     """Call ``callback(*args)`` when ``obj`` is collected, unless forgotten first."""
     watcher = ref(obj, _fire)
     _pending[watcher] = (callback, args)
     return watcher
 
 
-def rearm(watcher: _Ref, callback: Callable[..., None], *args: object) -> None:
+def rearm(watcher: _Ref, callback: "Callable[..., None]", *args: object) -> None:
     """Change what a watched object's collection calls."""
     _pending[watcher] = (callback, args)
 
@@ -113,7 +111,9 @@ def _advise(mm: mmap.mmap, advice: int) -> None:
             raise
 
 
-def _warn_unclosed(label: str, offset: int, length: int, _warn: Callable[..., None] = warn) -> None:
+def _warn_unclosed(
+    label: str, offset: int, length: int, _warn: "Callable[..., None]" = warn
+) -> None:
     # Holds nothing of the map: its pages go with the map and the views made from it.
     _warn(f"unclosed MemoryMap {label!r} offset={offset} length={length}", ResourceWarning)
 
@@ -205,7 +205,7 @@ class MemoryMap:
         return self._offset
 
     @property
-    def protection(self) -> Protection:
+    def protection(self) -> "Protection":
         """This map's protection (what writes do: shared, private or refused)."""
         return protection_member(self._protection)
 
@@ -251,8 +251,8 @@ class MemoryMap:
     @overload
     def __setitem__(self, index: int, value: int) -> None: ...
     @overload
-    def __setitem__(self, index: slice, value: Buffer) -> None: ...
-    def __setitem__(self, index: int | slice, value: int | Buffer) -> None:
+    def __setitem__(self, index: slice, value: "Buffer") -> None: ...
+    def __setitem__(self, index: int | slice, value: "int | Buffer") -> None:
         """Write one byte or a same-length slice (``TypeError`` on a READ_ONLY map)."""
         buf = self.buf
         try:
@@ -276,7 +276,7 @@ class MemoryMap:
         def __release_buffer__(self, view: memoryview, /) -> None:
             view.release()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "Self":
         if self._buf is None:
             raise ValueError("cannot enter a closed MemoryMap")
         return self
@@ -285,7 +285,7 @@ class MemoryMap:
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
-        tb: TracebackType | None,
+        tb: "TracebackType | None",
     ) -> None:
         self.close()
 

@@ -1,7 +1,5 @@
 """AnonymousMemory: a descriptor of memory that has no name, and what it can do."""
 
-from __future__ import annotations
-
 import errno
 import fcntl
 import os
@@ -53,9 +51,9 @@ else:
 
 __all__ = ["DEFAULT_NAME", "AnonymousMemory"]
 
-DEFAULT_NAME: Final = "anonshm"
-_MAX_SIZE: Final = 2**63 - 1  # off_t
-_PRUNE_AT: Final = 64  # maps tracked before the dead ones are swept out
+DEFAULT_NAME: "Final" = "anonshm"
+_MAX_SIZE: "Final" = 2**63 - 1  # off_t
+_PRUNE_AT: "Final" = 64  # maps tracked before the dead ones are swept out
 
 
 def _check_size(size: object) -> int:
@@ -71,8 +69,8 @@ def _check_size(size: object) -> int:
 def _close_unclosed(
     fd: int,
     name: str,
-    _warn: Callable[..., None] = warn,
-    _close: Callable[[int], None] = os.close,
+    _warn: "Callable[..., None]" = warn,
+    _close: "Callable[[int], None]" = os.close,
 ) -> None:
     # Defaults bind what teardown may already have cleared from the module.  Close
     # first: with warnings as errors the warning raises, and the fd must go anyway.
@@ -82,7 +80,7 @@ def _close_unclosed(
         _warn(f"unclosed AnonymousMemory {name!r} fd={fd}", ResourceWarning)
 
 
-def _load_handoff() -> ModuleType:
+def _load_handoff() -> "ModuleType":
     # struct and _socket cost a child that only maps inherited memory 0.5 ms; and a
     # function-level import statement costs each handoff 0.8 us, so it is kept here.
     global _handoff
@@ -164,7 +162,7 @@ class AnonymousMemory:
         *,
         name: str = DEFAULT_NAME,
         directory: str | os.PathLike[str] | None = None,
-        protection: Protection = _DEFAULT_PROTECTION,
+        protection: "Protection" = _DEFAULT_PROTECTION,
         reserve: bool = False,
     ) -> None:
         size = _check_size(size)
@@ -201,7 +199,7 @@ class AnonymousMemory:
         name: str | None = None,
         size: int | None = None,
         fixed_size: bool = False,
-    ) -> Self:
+    ) -> "Self":
         """Own ``fd`` (already this object's own duplicate) once it proves to be memory.
 
         On failure ``fd`` is closed and ``error`` raised, naming ``what`` was imported.
@@ -244,7 +242,9 @@ class AnonymousMemory:
         return self
 
     @classmethod
-    def _import(cls, fd: int, protection: int | None, error: type[AnonShmError], what: str) -> Self:
+    def _import(
+        cls, fd: int, protection: int | None, error: type[AnonShmError], what: str
+    ) -> "Self":
         # Imports never adopt: the number handed over stays with whoever owns it.
         try:
             own = os.dup(fd)  # close-on-exec, like every descriptor Python makes
@@ -255,7 +255,7 @@ class AnonymousMemory:
         return cls._adopt(own, protection, error, what)
 
     @classmethod
-    def from_token(cls, token: str) -> Self:
+    def from_token(cls, token: str) -> "Self":
         """Import the memory an :meth:`export` token names (NSPR's second protocol).
 
         The token's descriptor must be open in this process (the parent passed it down,
@@ -277,7 +277,7 @@ class AnonymousMemory:
         return cls._import(fd, protection, TokenError, f"token {token!r}")
 
     @classmethod
-    def inherited(cls, name: str = DEFAULT_NAME) -> Self:
+    def inherited(cls, name: str = DEFAULT_NAME) -> "Self":
         """Import the memory a parent passed under ``name`` (NSPR's first protocol).
 
         Looks ``name`` up in ``NSPR_INHERIT_FDS`` as NSPR's ``PR_GetInheritedFD`` does
@@ -323,7 +323,7 @@ class AnonymousMemory:
         return self._name
 
     @property
-    def protection(self) -> Protection:
+    def protection(self) -> "Protection":
         """The most a map of this memory may ask (``READ_ONLY`` once frozen)."""
         return protection_member(self._protection)
 
@@ -371,7 +371,7 @@ class AnonymousMemory:
         offset: int = 0,
         length: int | None = None,
         *,
-        protection: Protection | None = None,
+        protection: "Protection | None" = None,
         populate: bool = False,
         hugepages: bool = False,
     ) -> MemoryMap:
@@ -479,7 +479,7 @@ class AnonymousMemory:
         """
         return format_token(self.fileno(), self._protection)
 
-    def duplicate(self, *, protection: Protection | None = None) -> AnonymousMemory:
+    def duplicate(self, *, protection: "Protection | None" = None) -> "AnonymousMemory":
         """Another handle on the same memory, with a descriptor of its own.
 
         With ``protection=READ_ONLY`` (or ``WRITE_COPY``) the new handle holds a
@@ -603,7 +603,7 @@ class AnonymousMemory:
         finally:
             os.close(fd)
 
-    def send(self, sock: socket.socket) -> None:
+    def send(self, sock: "socket.socket") -> None:
         """Hand this memory to the process at the other end of a Unix socket.
 
         The descriptor travels with ``SCM_RIGHTS``, with the name, size and protection;
@@ -632,7 +632,7 @@ class AnonymousMemory:
             os.close(fd)
 
     @classmethod
-    def receive(cls, sock: socket.socket, *, allow_resizable: bool = False) -> Self:
+    def receive(cls, sock: "socket.socket", *, allow_resizable: bool = False) -> "Self":
         """Receive a memory that a peer sent with :meth:`send` over a Unix socket.
 
         Raises:
@@ -670,7 +670,7 @@ class AnonymousMemory:
             fd, protection, TokenError, what, name=name, size=size, fixed_size=not allow_resizable
         )
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> "Self":
         if self._fd < 0:
             raise ValueError("cannot enter a closed AnonymousMemory")
         return self
@@ -679,7 +679,7 @@ class AnonymousMemory:
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
-        tb: TracebackType | None,
+        tb: "TracebackType | None",
     ) -> None:
         self.close()
 

@@ -4,8 +4,6 @@ Both are parsed strictly, exactly as NSPR's own writers produce them; anything l
 is refused with a message that says what was wrong.
 """
 
-from __future__ import annotations
-
 from ._errors import InheritError, TokenError
 
 TYPE_CHECKING = False
@@ -31,24 +29,24 @@ __all__ = [
     "protection_member",
 ]
 
-INHERIT_VARIABLE: Final = "NSPR_INHERIT_FDS"
-PR_DESC_FILE: Final = 1
-MAX_NAME_BYTES: Final = 249  # memfd_create's limit (NAME_MAX minus "memfd:")
-MAX_FD: Final = 2**31 - 1
+INHERIT_VARIABLE: "Final" = "NSPR_INHERIT_FDS"
+PR_DESC_FILE: "Final" = 1
+MAX_NAME_BYTES: "Final" = 249  # memfd_create's limit (NAME_MAX minus "memfd:")
+MAX_FD: "Final" = 2**31 - 1
 
-_DECIMAL: Final = frozenset("0123456789")
-_HEX: Final = frozenset("0123456789abcdef")
+_DECIMAL: "Final" = frozenset("0123456789")
+_HEX: "Final" = frozenset("0123456789abcdef")
 _CHECKED_NAMES: dict[str, str] = {}  # a program labels memories with a few names, often
-_MAX_CHECKED_NAMES: Final = 256
-_PROTECTION_DIGITS: Final = ("0", "1", "2")
+_MAX_CHECKED_NAMES: "Final" = 256
+_PROTECTION_DIGITS: "Final" = ("0", "1", "2")
 
 # NSPR's PRFileMapProtect, the values of the public Protection enum.  Inside the package
 # a protection is one of these plain ints: the enum (and the 3 ms that importing enum
 # costs a fresh child) is loaded only when a caller asks for a Protection.
-READ_ONLY: Final = 0
-READ_WRITE: Final = 1
-WRITE_COPY: Final = 2
-PROTECTION_NAMES: Final = ("READ_ONLY", "READ_WRITE", "WRITE_COPY")
+READ_ONLY: "Final" = 0
+READ_WRITE: "Final" = 1
+WRITE_COPY: "Final" = 2
+PROTECTION_NAMES: "Final" = ("READ_ONLY", "READ_WRITE", "WRITE_COPY")
 
 
 def allows(have: int, wanted: int) -> bool:
@@ -71,7 +69,7 @@ def check_protection(value: object, what: str) -> int:
     return value
 
 
-def protection_member(value: int) -> Protection:
+def protection_member(value: int) -> "Protection":
     """The public Protection for a checked int (the enum is imported on first use)."""
     from ._protection import MEMBERS  # noqa: PLC0415 - the point: enum only when asked
 

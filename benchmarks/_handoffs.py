@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import IO, TYPE_CHECKING, Final
@@ -29,7 +29,7 @@ from _harness import MIB, Sample
 from anonshm import AnonymousMemory, spawn
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from _harness import Trial
 
@@ -253,6 +253,36 @@ FRESH: Final[Sequence[tuple[str, Callable[[Payload], Sample]]]] = (
 
 # --- long-lived worker ------------------------------------------------------------------
 
+_worker_cpus: set[int] = set()
+
+
+@contextmanager
+def pinned_apart() -> Iterator[str]:
+    """Run this process on one CPU and the long-lived workers on the others, for the block.
+
+    Where the scheduler wakes a worker (beside its parent, or on an idle CPU that must
+    first come out of sleep) otherwise decides a small handoff's time more than any
+    contender does: samples of the same contender vary two-fold.  Every contender's
+    worker gets the same placement.  Yields a note for the table.
+    """
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        yield "not pinned (one CPU)"
+        return
+    before = os.sched_getaffinity(0)
+    first, *rest = sorted(before)
+    _worker_cpus.update(rest)
+    os.sched_setaffinity(0, {first})
+    try:
+        yield f"this process pinned to CPU {first}, every worker to CPU {','.join(map(str, rest))}"
+    finally:
+        os.sched_setaffinity(0, before)
+        _worker_cpus.clear()
+
+
+def _pin_worker(pid: int) -> None:
+    if _worker_cpus:
+        os.sched_setaffinity(pid, _worker_cpus)
+
 
 class _SocketWorker:
     """A ``_child.py worker-*`` process at the other end of a Unix socket pair."""
@@ -262,6 +292,7 @@ class _SocketWorker:
         with theirs:
             argv = [PYTHON, CHILD, mode, str(theirs.fileno())]
             self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()])
+        _pin_worker(self.process.pid)
         stack.callback(self.close)
 
     def close(self) -> None:
@@ -326,6 +357,7 @@ class PicklePipe:
     def __init__(self, stack: ExitStack) -> None:
         argv = [PYTHON, CHILD, "worker-pickle"]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        _pin_worker(self.process.pid)
         stack.callback(self.close)
 
     def close(self) -> None:
@@ -351,6 +383,8 @@ class _QueueWorker:
         self.outbox: multiprocessing.Queue[int] = ctx.Queue()
         self.process = ctx.Process(target=_child.mp_worker, args=(self.inbox, self.outbox))
         self.process.start()
+        assert self.process.pid is not None
+        _pin_worker(self.process.pid)
         stack.callback(self.close)
 
     def answer(self) -> int:
@@ -433,6 +467,7 @@ class ForkMmap:
             _forked_reader(mm, answer_w, go_r)
         os.close(go_r)
         os.close(answer_w)
+        _pin_worker(self.pid)
         self.size = size
 
     def __call__(self, payload: Payload) -> Sample:

@@ -125,7 +125,9 @@ def run_handoff(plan: Plan) -> Iterator[Case]:
     for mode, fresh, baseline in modes:
         _title(f"2. handoff, {mode}: data ready in the parent -> child has read it all")
         with ExitStack() as stack:
+            placement = None
             if fresh is None:
+                placement = stack.enter_context(_handoffs.pinned_apart())
                 contenders = [(name, start(stack)) for name, start in _handoffs.LONG_LIVED]
             else:
                 contenders = list(fresh)
@@ -143,6 +145,8 @@ def run_handoff(plan: Plan) -> Iterator[Case]:
                 trials = _handoffs.trials(contenders, payload, count)
                 if count > 1:
                     case.notes.append(f"each sample is the mean of {count} handoffs")
+                if placement is not None:
+                    case.notes.append(placement)
                 interleave(case, trials, rounds=rounds, warmup=warmup, budget=plan.handoff_budget)
                 del payload, trials
                 print_case(case)
