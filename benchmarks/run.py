@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -163,6 +163,12 @@ def run_spawn(plan: Plan) -> Iterator[Case]:
     yield case
 
 
+def _shmem_setting() -> str:
+    """The bracketed word of shmem_enabled ("never", "advise", ...), or "unknown"."""
+    words = _harness.read_text(THP_SHMEM).split()
+    return next((word.strip("[]") for word in words if word.startswith("[")), "unknown")
+
+
 def _set_thp(value: str) -> str | None:
     """Write shmem_enabled; return the previous value (the bracketed word) or None."""
     try:
@@ -177,32 +183,40 @@ def _set_thp(value: str) -> str | None:
     return previous
 
 
-def run_touch(plan: Plan, try_thp: bool) -> Iterator[Case]:
-    size = plan.touch_size
-    _title(f"4. first touch of {human(size)}: setup (create+map), then one write per page")
-    shmem = _harness.read_text(THP_SHMEM)
-    print(f"   {THP_SHMEM}: {shmem}")
+@contextmanager
+def _thp_advise(wanted: bool) -> Iterator[None]:
+    """With --try-thp, as root: shmem_enabled is 'advise' for the run, then restored.
+
+    Only memory mapped with MADV_HUGEPAGE (``map(hugepages=True)``) is affected: no
+    other contender asks for it.
+    """
     previous = None
-    if try_thp:
+    if wanted:
         if os.geteuid() != 0:
             print("   --try-thp: not root, leaving the setting alone")
         else:
             previous = _set_thp("advise")
             if previous is not None:
-                print(f"   --try-thp: set to 'advise' for this scenario (was {previous!r})")
+                print(f"   --try-thp: {THP_SHMEM} set to 'advise' for this run (was {previous!r})")
     try:
-        case = Case("first touch", human(size), "map() lazy, then touch")
-        case.notes.append(f"shmem_enabled: {_harness.read_text(THP_SHMEM)}")
-        probe = _scenarios.hugepage_probe(size)
-        case.notes.append(
-            f"map(hugepages=True): MADV_HUGEPAGE in VmFlags: {probe['advised']}, "
-            f"bytes on huge pages: {probe['huge_bytes']}"
-        )
-        interleave(case, _scenarios.first_touch_trials(size), rounds=plan.touch_rounds, warmup=1)
+        yield
     finally:
         if previous is not None:
             _set_thp(previous)
             print(f"   --try-thp: restored {previous!r}")
+
+
+def run_touch(plan: Plan) -> Iterator[Case]:
+    size = plan.touch_size
+    _title(f"4. first touch of {human(size)}: setup (create+map), then one write per page")
+    case = Case("first touch", human(size), "map() lazy, then touch")
+    case.notes.append(f"shmem_enabled: {_shmem_setting()}")
+    probe = _scenarios.hugepage_probe(size)
+    case.notes.append(
+        f"map(hugepages=True): MADV_HUGEPAGE in VmFlags: {probe['advised']}, "
+        f"bytes on huge pages: {probe['huge_bytes']}"
+    )
+    interleave(case, _scenarios.first_touch_trials(size), rounds=plan.touch_rounds, warmup=1)
     print_case(case, extra=("setup", "touch"))
     yield case
 
@@ -245,12 +259,17 @@ def goals(cases: list[Case]) -> list[Goal]:
         value = life.median("SharedMemory") / life.median("anonshm")
         found.append(Goal("lifecycle 4 KiB: SharedMemory / anonshm >= 2", value, 2.0, True))
     worker = _find(cases, "handoff/long-lived worker", "256 MiB")
-    text = "handoff 256 MiB to a long-lived worker: pickle pipe / anonshm >= 10"
-    if worker is not None and worker.samples:
-        value = worker.median("pickle through pipe") / worker.median("anonshm send/receive")
-        found.append(Goal(text, value, 10.0, True))
-    else:
-        found.append(Goal(text + " (256 MiB not run)", float("nan"), 10.0, True, False))
+    shmem = _shmem_setting()
+    for mine, how in (
+        ("anonshm send/receive", ""),
+        ("anonshm send/receive, hugepages", f", hugepages=True (shmem_enabled: {shmem})"),
+    ):
+        text = f"handoff 256 MiB to a long-lived worker: pickle pipe / anonshm{how} >= 10"
+        if worker is not None and worker.samples:
+            value = worker.median("pickle through pipe") / worker.median(mine)
+            found.append(Goal(text, value, 10.0, True))
+        else:
+            found.append(Goal(text + " (256 MiB not run)", float("nan"), 10.0, True, False))
     spawn_case = next((c for c in cases if c.scenario == "spawn"), None)
     if spawn_case is not None:
         value = spawn_case.median("anonshm spawn(inherit)") / spawn_case.median(
@@ -314,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--try-thp",
         action="store_true",
-        help="as root, set shmem_enabled to 'advise' during the first-touch scenario only",
+        help="as root, set shmem_enabled to 'advise' for the run (restored at the end)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile anonshm's hot paths instead"
@@ -344,6 +363,20 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PYTHONDONTWRITEBYTECODE"] = dont_write
 
 
+def _run_scenarios(plan: Plan, only: list[str], cases: list[Case]) -> None:
+    try:
+        if "lifecycle" in only:
+            cases.extend(run_lifecycle(plan))
+        if "handoff" in only:
+            cases.extend(run_handoff(plan))
+        if "spawn" in only:
+            cases.extend(run_spawn(plan))
+        if "touch" in only:
+            cases.extend(run_touch(plan))
+    finally:
+        _stop_resource_tracker()
+
+
 def _run(args: argparse.Namespace, only: list[str]) -> int:
     plan = QUICK if args.quick else FULL
     machine = _harness.machine(anonshm.__file__ or "?")
@@ -357,17 +390,9 @@ def _run(args: argparse.Namespace, only: list[str]) -> int:
     started = time.perf_counter()
     shm_before = _leftover_shm()
     cases: list[Case] = []
-    try:
-        if "lifecycle" in only:
-            cases.extend(run_lifecycle(plan))
-        if "handoff" in only:
-            cases.extend(run_handoff(plan))
-        if "spawn" in only:
-            cases.extend(run_spawn(plan))
-        if "touch" in only:
-            cases.extend(run_touch(plan, args.try_thp))
-    finally:
-        _stop_resource_tracker()
+    with _thp_advise(args.try_thp):
+        print(f"   {'shmem_enabled':<18} {_shmem_setting()} ({THP_SHMEM})")
+        _run_scenarios(plan, only, cases)
     found = goals(cases)
     print_goals(found)
     leftovers = sorted(_leftover_shm() - shm_before)

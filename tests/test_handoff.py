@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import io
 import os
 import socket
 import subprocess
@@ -255,6 +256,16 @@ def test_sending_a_closed_memory_is_a_value_error(pair: Pair) -> None:
     mem.close()
     with pytest.raises(ValueError, match="closed"):
         mem.send(left)
+
+
+@pytest.mark.parametrize("not_a_socket", [None, 3, "sock", io.BytesIO()], ids=repr)
+def test_something_else_than_a_socket_is_a_type_error(not_a_socket: object, no_leaks: None) -> None:
+    with AnonymousMemory(16) as mem:
+        with pytest.raises(TypeError, match=r"sock must be a socket\.socket"):
+            mem.send(not_a_socket)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=r"sock must be a socket\.socket"):
+            AnonymousMemory.receive(not_a_socket)  # type: ignore[arg-type]
+        assert not mem.closed
 
 
 @settings(max_examples=60, deadline=None)
