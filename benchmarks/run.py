@@ -241,7 +241,7 @@ def _find(cases: list[Case], scenario: str, case: str) -> Case | None:
     return next((c for c in cases if c.scenario == scenario and c.case == case), None)
 
 
-def goals(cases: list[Case]) -> list[Goal]:
+def goals(cases: list[Case], shmem: str) -> list[Goal]:
     found: list[Goal] = []
     for mode, mine, raw in (
         ("fresh child per handoff", "anonshm export+pass_fds", "raw memfd+pass_fds"),
@@ -259,7 +259,6 @@ def goals(cases: list[Case]) -> list[Goal]:
         value = life.median("SharedMemory") / life.median("anonshm")
         found.append(Goal("lifecycle 4 KiB: SharedMemory / anonshm >= 2", value, 2.0, True))
     worker = _find(cases, "handoff/long-lived worker", "256 MiB")
-    shmem = _shmem_setting()
     for mine, how in (
         ("anonshm send/receive", ""),
         ("anonshm send/receive, hugepages", f", hugepages=True (shmem_enabled: {shmem})"),
@@ -391,9 +390,10 @@ def _run(args: argparse.Namespace, only: list[str]) -> int:
     shm_before = _leftover_shm()
     cases: list[Case] = []
     with _thp_advise(args.try_thp):
-        print(f"   {'shmem_enabled':<18} {_shmem_setting()} ({THP_SHMEM})")
+        shmem = _shmem_setting()  # what the run had, before --try-thp restores it
+        print(f"   {'shmem_enabled':<18} {shmem} ({THP_SHMEM})")
         _run_scenarios(plan, only, cases)
-    found = goals(cases)
+    found = goals(cases, shmem)
     print_goals(found)
     leftovers = sorted(_leftover_shm() - shm_before)
     if leftovers:
