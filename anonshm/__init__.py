@@ -46,7 +46,9 @@ class _ReducerHook:
     pay for it.
     """
 
-    anonshm_reducer_hook = True  # the mark a second copy of anonshm replaces this by
+    # The mark by which a second copy of anonshm (imported afresh) finds this hook and
+    # replaces it, instead of installing a second one beside it.
+    anonshm_reducer_hook = True
 
     def find_spec(
         self, fullname: str, path: "Sequence[str] | None", target: "ModuleType | None" = None, /
@@ -58,36 +60,33 @@ class _ReducerHook:
         return find_spec(fullname, path, target)
 
 
-if _REDUCTION in sys.modules:  # multiprocessing came first: register at once
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "anonshm_reducer_hook", False)]
+sys.meta_path.insert(0, _ReducerHook())
+if _REDUCTION in sys.modules:  # multiprocessing came first: register now (again is harmless)
     from ._multiprocessing import register
 
     register(sys.modules[_REDUCTION])
     del register
-sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "anonshm_reducer_hook", False)]
-sys.meta_path.insert(0, _ReducerHook())
 
 # Loaded on first use, so a child that only maps the memory it inherited never pays for
 # them: spawn and its types come with subprocess and typing (~10 ms of import), and
 # Protection with enum (~3 ms; inside the package a protection is a plain int).
-_LAZY = {
-    "PopenOptions": "_spawn",
-    "SharedChild": "_spawn",
-    "spawn": "_spawn",
-    "Protection": "_protection",
-}
+_LAZY = frozenset({"PopenOptions", "SharedChild", "spawn", "Protection"})
 
 
 if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallback
 
     def __getattr__(name: str) -> object:
-        module = _LAZY.get(name)
-        if module is not None:
-            from importlib import import_module  # noqa: PLC0415 - only on first use
 
-            value = getattr(import_module(f"{__name__}.{module}"), name)
-            globals()[name] = value  # found directly from now on
-            return value
-        raise AttributeError(f"module 'anonshm' has no attribute {name!r}")
+        if name == "Protection":
+            from . import _protection as module  # noqa: PLC0415
+        elif name in _LAZY:
+            from . import _spawn as module  # noqa: PLC0415
+        else:
+            raise AttributeError(f"module 'anonshm' has no attribute {name!r}")
+        value = getattr(module, name)
+        globals()[name] = value  # found directly from now on
+        return value
 
     def __dir__() -> list[str]:
         return sorted({*globals(), *_LAZY})

@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
-from . import __version__, _linux, _ps
+from . import __version__, _linux, _memory, _ps
 from ._memory import AnonymousMemory
 from ._spawn import spawn
 
@@ -136,7 +136,7 @@ def _info(_: argparse.Namespace) -> int:
     print("anonshm", __version__)
     _feature("python", platform.python_version())
     _feature("kernel", f"{platform.system()} {platform.release()} ({platform.machine()})")
-    _feature("backend", f"{_linux.NAME}: {_linux.DEFAULT_STRATEGY} by default")
+    _feature("backend", f"{_memory._backend.NAME}: {_memory._backend.DEFAULT_STRATEGY} by default")
     _feature("memfd_create", "yes")
     _feature("fixed size (seals grow/shrink)", "yes" if sealed else "no")
     _feature("no-exec seal (MFD_NOEXEC_SEAL)", "yes" if noexec else "no (Linux < 6.3)")

@@ -10,8 +10,6 @@ with no ``socket``-module helpers, whose enum conversions and ``array`` packing 
 more than the system calls (benchmarks/, long-lived worker).
 """
 
-from __future__ import annotations
-
 # _socket, not socket: its constants are plain ints and its getters build no enums;
 # whoever holds a socket.socket has imported it already.
 import _socket
@@ -28,25 +26,32 @@ if TYPE_CHECKING:
 
 __all__ = ["receive_fd", "send_fd"]
 
-_HEADER: Final = struct.Struct("!8sQBH")
-_MAGIC: Final = b"anonshm\x01"
-_FD: Final = struct.Struct("i")  # one descriptor in SCM_RIGHTS: a native C int
-_MAX_FDS: Final = 8  # room to see (and close) descriptors a hostile peer adds
-_CREDENTIALS_SIZE: Final = struct.calcsize("3i")  # struct ucred: pid, uid, gid
-_ANCILLARY_SPACE: Final = _socket.CMSG_SPACE(_MAX_FDS * _FD.size) + _socket.CMSG_SPACE(
+_HEADER: "Final" = struct.Struct("!8sQBH")
+_MAGIC: "Final" = b"anonshm\x01"
+_FD: "Final" = struct.Struct("i")  # one descriptor in SCM_RIGHTS: a native C int
+_MAX_FDS: "Final" = 8  # room to see (and close) descriptors a hostile peer adds
+_CREDENTIALS_SIZE: "Final" = struct.calcsize("3i")  # struct ucred: pid, uid, gid
+_ANCILLARY_SPACE: "Final" = _socket.CMSG_SPACE(_MAX_FDS * _FD.size) + _socket.CMSG_SPACE(
     _CREDENTIALS_SIZE
 )
-_SOCKET_TYPE: Final = _socket.socket.type  # the C getter: socket.socket.type makes an enum
+_SOCKET_TYPE: "Final" = _socket.socket.type  # the C getter: socket.socket.type makes an enum
 
 
-def _check_socket(sock: object) -> None:
-    if not isinstance(sock, _socket.socket):
+def _check_socket(sock: object, method: str) -> None:
+    # A socket.socket, or what passes for one (gevent's and eventlet's wrap a real one).
+    if not isinstance(sock, _socket.socket) and not hasattr(sock, method):
         raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
 
 
-def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: int) -> None:
+def _kind(sock: "socket.socket") -> int:
+    if isinstance(sock, _socket.socket):
+        return int(_SOCKET_TYPE.__get__(sock))
+    return int(sock.type)
+
+
+def send_fd(sock: "socket.socket", fd: int, name: str, size: int, protection: int) -> None:
     """Send one memory's descriptor and description over a connected Unix socket."""
-    _check_socket(sock)
+    _check_socket(sock, "sendmsg")
     raw = name.encode()
     message = _HEADER.pack(_MAGIC, size, protection, len(raw)) + raw
     rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(fd))]
@@ -55,15 +60,15 @@ def send_fd(sock: socket.socket, fd: int, name: str, size: int, protection: int)
         sock.sendall(message[sent:])
 
 
-def receive_fd(sock: socket.socket) -> tuple[int, str, int, int]:
+def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
-    _check_socket(sock)
+    _check_socket(sock, "recvmsg")
     # A seqpacket or datagram message must be read whole in one call, or the kernel
     # drops its rest.  On a stream, Linux ends a read after the segment that carried
     # descriptors, so one call reads one message (sent by one sendmsg) and never the
     # next; what a split send left behind is read to the exact count, and any byte
     # beyond the message is an error, never silently taken.
-    stream = sock if _SOCKET_TYPE.__get__(sock) == _socket.SOCK_STREAM else None
+    stream = sock if _kind(sock) == _socket.SOCK_STREAM else None
     bufsize = _HEADER.size + MAX_NAME_BYTES + (0 if stream else 1)
     # Room for the descriptors and for the credentials a SO_PASSCRED socket adds, which
     # socket.recv_fds leaves none for (the kernel would then drop the descriptor).
@@ -109,7 +114,7 @@ def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _completed(stream: socket.socket | None, data: bytes, count: int) -> bytes:
+def _completed(stream: "socket.socket | None", data: bytes, count: int) -> bytes:
     """``data`` read on to exactly ``count`` bytes from a stream; TokenError if it ends first."""
     chunks = [data]
     have = len(data)

@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
-    from types import ModuleType, TracebackType
+    from types import TracebackType
     from typing import Final, Self
 
     from . import _handoff
@@ -46,10 +46,19 @@ if TYPE_CHECKING:
 
     _DEFAULT_PROTECTION: Final = Protection.READ_WRITE
 else:
-    _DEFAULT_PROTECTION = READ_WRITE  # Protection.READ_WRITE, without importing enum
+
+    class _ReadWriteDefault(int):
+        """Protection.READ_WRITE's value, shown as such by help() (enum is not loaded)."""
+
+        __slots__ = ()
+
+        def __repr__(self) -> str:
+            return "Protection.READ_WRITE"
+
+    _DEFAULT_PROTECTION = _ReadWriteDefault(READ_WRITE)
     _handoff = None  # imported by the first send or receive: see _load_handoff
 
-__all__ = ["DEFAULT_NAME", "AnonymousMemory"]
+__all__ = ["DEFAULT_NAME", "AnonymousMemory", "_backend"]  # _backend: for the CLI
 
 DEFAULT_NAME: "Final" = "anonshm"
 _MAX_SIZE: "Final" = 2**63 - 1  # off_t
@@ -80,14 +89,13 @@ def _close_unclosed(
         _warn(f"unclosed AnonymousMemory {name!r} fd={fd}", ResourceWarning)
 
 
-def _load_handoff() -> "ModuleType":
+def _load_handoff() -> None:
     # struct and _socket cost a child that only maps inherited memory 0.5 ms; and a
     # function-level import statement costs each handoff 0.8 us, so it is kept here.
     global _handoff
     from . import _handoff as module  # noqa: PLC0415
 
     _handoff = module
-    return module
 
 
 def _check_int(value: object, what: str, alternative: str = "") -> int:
@@ -461,7 +469,7 @@ class AnonymousMemory:
             return
         maps.append(ref(view))
         if len(maps) > self._prune_at:
-            maps[:] = [ref for ref in maps if (live := ref()) is not None and not live.closed]
+            maps[:] = [known for known in maps if (live := known()) is not None and not live.closed]
             self._prune_at = 2 * len(maps) + _PRUNE_AT
 
     def export(self) -> str:
@@ -596,8 +604,8 @@ class AnonymousMemory:
             forget(self._ref)
             self._ref = None  # no callback at all when the object goes
         try:
-            for ref in maps or ():
-                view = ref()
+            for known in maps or ():
+                view = known()
                 if view is not None:
                     view.close()
         finally:
@@ -623,11 +631,12 @@ class AnonymousMemory:
             ('frame', 8)
             >>> left.close(); right.close()
         """
+        if _handoff is None:
+            _load_handoff()
         # A duplicate, so the lock is not held while a full socket blocks the send.
-        handoff = _handoff or _load_handoff()
         fd = self._handoff_fd()
         try:
-            handoff.send_fd(sock, fd, self._name, self._size, self._protection)
+            _handoff.send_fd(sock, fd, self._name, self._size, self._protection)
         finally:
             os.close(fd)
 
@@ -664,7 +673,9 @@ class AnonymousMemory:
             >>> ours.close(); theirs.close()
         """
         allow_resizable = _check_flag(allow_resizable, "allow_resizable")
-        fd, name, size, protection = (_handoff or _load_handoff()).receive_fd(sock)
+        if _handoff is None:
+            _load_handoff()
+        fd, name, size, protection = _handoff.receive_fd(sock)
         what = f"memory received as {name!r}"
         return cls._adopt(
             fd, protection, TokenError, what, name=name, size=size, fixed_size=not allow_resizable

@@ -20,6 +20,7 @@ from _thread import get_ident
 
 from ._errors import TokenError
 from ._memory import AnonymousMemory
+from ._wire import check_protection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tu
 
 
 def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
+    protection = check_protection(protection, "protection")
     fd = dup.detach()
     os.set_inheritable(fd, False)
     what = f"memory {name!r} from multiprocessing"

@@ -45,6 +45,3 @@ class Protection(enum.IntEnum):
     def mmap_args(self) -> tuple[int, int]:
         """The ``mmap`` flags and page protection NSPR uses for this protection."""
         return _map.MMAP_ARGS[self]
-
-
-MEMBERS: tuple[Protection, ...] = tuple(Protection)  # by value, without an Enum call

@@ -60,20 +60,31 @@ def allows(have: int, wanted: int) -> bool:
 
 def check_protection(value: object, what: str) -> int:
     """``value`` (a Protection, or its int) as a plain int; TypeError/ValueError if not one."""
-    if type(value) is not int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{what} must be a Protection, not {type(value).__name__}")
-        value = int(value)  # a Protection member (or another int subclass)
-    if not READ_ONLY <= value <= WRITE_COPY:
+    plain = value
+    if type(plain) is not int:
+        if not isinstance(plain, int) or isinstance(plain, bool):
+            raise TypeError(f"{what} must be a Protection, not {type(plain).__name__}")
+        plain = int(plain)  # a Protection member (or another int subclass)
+    if not READ_ONLY <= plain <= WRITE_COPY:
         raise ValueError(f"{what} must be 0, 1 or 2 (a Protection), not {value!r}")
-    return value
+    return plain
+
+
+_members: "tuple[Protection, ...]" = ()  # Protection's members by value, once loaded
 
 
 def protection_member(value: int) -> "Protection":
     """The public Protection for a checked int (the enum is imported on first use)."""
-    from ._protection import MEMBERS  # noqa: PLC0415 - the point: enum only when asked
+    if not _members:
+        _load_members()
+    return _members[value]
 
-    return MEMBERS[value]
+
+def _load_members() -> None:
+    global _members
+    from ._protection import Protection  # noqa: PLC0415 - the point: enum only when asked
+
+    _members = tuple(Protection)
 
 
 def _digits(text: str, alphabet: frozenset[str], longest: int) -> bool:

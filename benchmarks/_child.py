@@ -9,8 +9,6 @@ Every mode answers with the checksum of what it read, 8 bytes little-endian, whi
 parent compares with the checksum of the data it handed over.
 """
 
-from __future__ import annotations
-
 import os
 import struct
 import sys
@@ -28,22 +26,22 @@ if TYPE_CHECKING:
 
     from typing_extensions import Buffer
 
-REPLY: Final = struct.Struct("<Q")
-READER_VARIABLE: Final = "ANONSHM_BENCH_READER"
+REPLY: "Final" = struct.Struct("<Q")
+READER_VARIABLE: "Final" = "ANONSHM_BENCH_READER"
 
 
-def _crc32(buf: Buffer) -> int:
+def _crc32(buf: "Buffer") -> int:
     return zlib.crc32(buf)
 
 
-def _numpy_sum(buf: Buffer) -> int:
+def _numpy_sum(buf: "Buffer") -> int:
     import numpy
 
     # Summing 8-byte words visits every byte; the sizes are whole pages, so they divide.
     return int(numpy.frombuffer(memoryview(buf), dtype=numpy.uint64).sum()) & 0xFFFF_FFFF_FFFF_FFFF
 
 
-def reader() -> Callable[[Buffer], int]:
+def reader() -> "Callable[[Buffer], int]":
     """The one pass over the bytes that every contender's child makes (see --reader)."""
     return _numpy_sum if os.environ.get(READER_VARIABLE) == "numpy" else _crc32
 
@@ -91,7 +89,7 @@ def _attach(name: str) -> object:
         resource_tracker.register = register
 
 
-def _read_shm(name: str, reply: Callable[[int], None]) -> None:
+def _read_shm(name: str, reply: "Callable[[int], None]") -> None:
     from multiprocessing.shared_memory import SharedMemory
 
     shm = _attach(name)
@@ -115,7 +113,7 @@ def _fresh_pickle() -> None:
 
 # Every route answers as soon as the bytes are read, before unmapping and closing:
 # tearing down a large map takes milliseconds that are cleanup, not handoff.
-_Handler: TypeAlias = "Callable[[socket.socket, Callable[[int], None]], bool]"
+_Handler: "TypeAlias" = "Callable[[socket.socket, Callable[[int], None]], bool]"
 
 
 def _serve(sock_fd: str, handle: _Handler) -> None:
@@ -130,7 +128,7 @@ def _serve(sock_fd: str, handle: _Handler) -> None:
             pass
 
 
-def _worker_anonshm(sock: socket.socket, reply: Callable[[int], None]) -> bool:
+def _worker_anonshm(sock: "socket.socket", reply: "Callable[[int], None]") -> bool:
     from anonshm import AnonymousMemory
 
     try:
@@ -142,7 +140,7 @@ def _worker_anonshm(sock: socket.socket, reply: Callable[[int], None]) -> bool:
     return True
 
 
-def _worker_raw(sock: socket.socket, reply: Callable[[int], None]) -> bool:
+def _worker_raw(sock: "socket.socket", reply: "Callable[[int], None]") -> bool:
     import mmap
     import socket
 
@@ -158,7 +156,7 @@ def _worker_raw(sock: socket.socket, reply: Callable[[int], None]) -> bool:
     return True
 
 
-def _worker_shm(sock: socket.socket, reply: Callable[[int], None]) -> bool:
+def _worker_shm(sock: "socket.socket", reply: "Callable[[int], None]") -> bool:
     # Names are short ("/psm_" and 8 hex digits): one recv carries one name.
     name = sock.recv(256)
     if not name:
@@ -180,7 +178,7 @@ def _worker_pickle() -> None:
         del data
 
 
-def mp_fresh(mem: object, conn: Connection) -> None:
+def mp_fresh(mem: object, conn: "Connection") -> None:
     """A multiprocessing child given the memory as its argument: read it once, answer."""
     from anonshm import AnonymousMemory
 
@@ -190,7 +188,7 @@ def mp_fresh(mem: object, conn: Connection) -> None:
     conn.close()
 
 
-def mp_worker(inbox: Queue[object], outbox: Queue[int]) -> None:
+def mp_worker(inbox: "Queue[object]", outbox: "Queue[int]") -> None:
     """A long-lived multiprocessing worker: memories or bytes in, checksums out, None stops."""
     from anonshm import AnonymousMemory
 

@@ -268,6 +268,24 @@ def test_something_else_than_a_socket_is_a_type_error(not_a_socket: object, no_l
         assert not mem.closed
 
 
+class _WrappedSocket:
+    """A socket that wraps a real one instead of being one, as gevent's and eventlet's do."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+def test_a_socket_wrapper_that_passes_for_a_socket_works(pair: Pair) -> None:
+    left, right = pair
+    with AnonymousMemory(16, name="wrapped") as mem:
+        mem.send(_WrappedSocket(left))  # type: ignore[arg-type]
+        with AnonymousMemory.receive(_WrappedSocket(right)) as got:  # type: ignore[arg-type]
+            assert (got.name, got.size) == ("wrapped", 16)
+
+
 @settings(max_examples=60, deadline=None)
 @given(garbage=st.binary(min_size=1, max_size=300))
 def test_arbitrary_bytes_with_a_descriptor_never_leak(garbage: bytes) -> None:

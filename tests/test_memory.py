@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import gc
+import inspect
 import os
 import stat
 import tempfile
@@ -103,6 +105,27 @@ def test_protection_sets_the_descriptor_access_mode(protection: Protection) -> N
 def test_bad_protection_is_refused(protection: object) -> None:
     with pytest.raises((TypeError, ValueError), match="protection"):
         AnonymousMemory(1, protection=protection)  # type: ignore[arg-type]
+
+
+def test_protections_of_other_int_kinds_are_taken_by_value_and_named_when_refused() -> None:
+    class Other(enum.IntEnum):
+        ONE = 1
+        FIVE = 5
+
+    with AnonymousMemory(8, protection=Other.ONE) as mem:  # type: ignore[arg-type]
+        assert mem.protection is Protection.READ_WRITE
+        with mem.map(protection=2) as view:  # type: ignore[arg-type]
+            assert view.protection is Protection.WRITE_COPY
+    with pytest.raises(ValueError, match=r"not <Other\.FIVE: 5>"):
+        AnonymousMemory(8, protection=Other.FIVE)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be a Protection, not bool"):
+        AnonymousMemory(8, protection=True)  # type: ignore[arg-type]
+
+
+def test_signature_shows_the_default_protection_by_name() -> None:
+    default = inspect.signature(AnonymousMemory).parameters["protection"].default
+    assert repr(default) == "Protection.READ_WRITE"
+    assert default == Protection.READ_WRITE
 
 
 def test_repr_names_the_state() -> None:
