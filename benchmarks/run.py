@@ -117,7 +117,7 @@ def _fits(size: int) -> bool:
     return size < 64 * MIB or _harness.available_memory() >= need
 
 
-def run_handoff(plan: Plan) -> Iterator[Case]:
+def run_handoff(plan: Plan, pin: bool) -> Iterator[Case]:
     modes = (
         ("fresh child per handoff", _handoffs.FRESH, "anonshm export+pass_fds"),
         ("long-lived worker", None, "anonshm send/receive"),
@@ -126,8 +126,9 @@ def run_handoff(plan: Plan) -> Iterator[Case]:
         _title(f"2. handoff, {mode}: data ready in the parent -> child has read it all")
         with ExitStack() as stack:
             placement = None
-            if fresh is None:
+            if fresh is None and pin:
                 placement = stack.enter_context(_handoffs.pinned_apart())
+            if fresh is None:
                 contenders = [(name, start(stack)) for name, start in _handoffs.LONG_LIVED]
             else:
                 contenders = list(fresh)
@@ -335,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         help="as root, set shmem_enabled to 'advise' for the run (restored at the end)",
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="run long-lived workers on other CPUs than this process (steadier small "
+        "handoffs; slows the pipe routes' large handoffs)",
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile anonshm's hot paths instead"
     )
     args = parser.parse_args(argv)
@@ -362,12 +369,12 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["PYTHONDONTWRITEBYTECODE"] = dont_write
 
 
-def _run_scenarios(plan: Plan, only: list[str], cases: list[Case]) -> None:
+def _run_scenarios(plan: Plan, only: list[str], cases: list[Case], *, pin: bool) -> None:
     try:
         if "lifecycle" in only:
             cases.extend(run_lifecycle(plan))
         if "handoff" in only:
-            cases.extend(run_handoff(plan))
+            cases.extend(run_handoff(plan, pin))
         if "spawn" in only:
             cases.extend(run_spawn(plan))
         if "touch" in only:
@@ -391,8 +398,9 @@ def _run(args: argparse.Namespace, only: list[str]) -> int:
     cases: list[Case] = []
     with _thp_advise(args.try_thp):
         shmem = _shmem_setting()  # what the run had, before --try-thp restores it
+        machine["shmem_enabled_during_run"] = shmem
         print(f"   {'shmem_enabled':<18} {shmem} ({THP_SHMEM})")
-        _run_scenarios(plan, only, cases)
+        _run_scenarios(plan, only, cases, pin=args.pin)
     found = goals(cases, shmem)
     print_goals(found)
     leftovers = sorted(_leftover_shm() - shm_before)
