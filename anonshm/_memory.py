@@ -393,7 +393,10 @@ class AnonymousMemory:
                 of each page costs nothing later.
             hugepages: advise transparent huge pages (``MADV_HUGEPAGE``) for the
                 window; the kernel uses them for shared memory only where
-                ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` allows.
+                ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` allows
+                (``advise``).  It matters on the map that first writes the pages:
+                they are allocated 2 MiB at a time then, and every later map of them,
+                in any process, uses them so (1 GiB to a worker: 289 -> 158 ms).
 
         Raises:
             ValueError: the window is empty or outside the memory, or this handle is
