@@ -77,7 +77,7 @@ _LAZY = frozenset({"PopenOptions", "SharedChild", "spawn", "Protection"})
 if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallback
 
     def __getattr__(name: str) -> object:
-
+        # The imports are here on purpose (PLC0415): the first use pays for them.
         if name == "Protection":
             from . import _protection as module  # noqa: PLC0415
         elif name in _LAZY:
