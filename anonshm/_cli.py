@@ -166,5 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ps.set_defaults(run=_ps.main)
     args = parser.parse_args(argv)
-    status: int = args.run(args)
+    try:
+        status: int = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`python -m anonshm ps | head`): stop quietly, as other
+        # command-line tools do, and keep Python's exit-time flush from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     return status

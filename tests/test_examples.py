@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,24 @@ def test_cli_info_reports_the_backend_and_features() -> None:
     ):
         assert label in out
     assert "linux: memfd_create by default" in out
+
+
+@pytest.mark.parametrize("command", ["info", "ps"])
+def test_cli_stops_quietly_when_its_reader_goes_away(command: str) -> None:
+    # `python -m anonshm ps | head -1`: no traceback, the exit status of a SIGPIPE.
+    reader, writer = os.pipe()
+    os.close(reader)  # every write fails with EPIPE (Python ignores SIGPIPE)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "anonshm", command],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=child_env(),
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert done.stderr == ""
+    assert done.returncode == 141
