@@ -237,7 +237,11 @@ def test_terminate_kill_and_signals() -> None:
     with spawn(["sleep", "60"]) as child:
         child.terminate()
         assert child.wait(timeout=10) == -signal.SIGTERM
-    with spawn(["sleep", "60"]) as child:
+    # SIGINT only once the child runs: between fork and exec it still has Python's own
+    # handler, which takes the signal, and exec then starts a sleep that never got it.
+    with spawn(["sh", "-c", "echo ready; exec sleep 60"], stdout=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
         child.send_signal(signal.SIGINT)
         assert child.wait(timeout=10) == -signal.SIGINT
     assert "returncode=-2" in repr(child)
