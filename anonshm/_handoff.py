@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import socket
     from typing import Final
 
-__all__ = ["receive_fd", "send_fd"]
+__all__ = ["message", "receive_fd", "send_fd", "send_fd_now"]
 
 _HEADER: "Final" = struct.Struct("!8sQBH")
 _MAGIC: "Final" = b"anonshm\x01"
@@ -35,6 +35,7 @@ _ANCILLARY_SPACE: "Final" = _socket.CMSG_SPACE(_MAX_FDS * _FD.size) + _socket.CM
     _CREDENTIALS_SIZE
 )
 _SOCKET_TYPE: "Final" = _socket.socket.type  # the C getter: socket.socket.type makes an enum
+_SENDMSG: "Final" = _socket.socket.sendmsg  # what socket.socket inherits: one system call
 
 
 def _check_socket(sock: object, method: str) -> None:
@@ -49,15 +50,37 @@ def _kind(sock: "socket.socket") -> int:
     return int(sock.type)
 
 
-def send_fd(sock: "socket.socket", fd: int, name: str, size: int, protection: int) -> None:
-    """Send one memory's descriptor and description over a connected Unix socket."""
-    _check_socket(sock, "sendmsg")
+def message(name: str, size: int, protection: int) -> bytes:
+    """The handoff message that goes with a memory's descriptor."""
     raw = name.encode()
-    message = _HEADER.pack(_MAGIC, size, protection, len(raw)) + raw
+    return _HEADER.pack(_MAGIC, size, protection, len(raw)) + raw
+
+
+def send_fd(sock: "socket.socket", fd: int, data: bytes) -> None:
+    """Send ``data`` with ``fd`` riding along, over a connected Unix socket."""
+    _check_socket(sock, "sendmsg")
+    sent = sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(fd))])
+    if sent < len(data):  # a stream socket took only part; the descriptor went with it
+        sock.sendall(data[sent:])
+
+
+def send_fd_now(sock: "socket.socket", fd: int, data: bytes) -> int | None:
+    """Send what can go without waiting; None if nothing could (the caller then waits).
+
+    Only for a real socket in blocking mode, whose ``sendmsg`` makes the one system
+    call (with a timeout, Python would first wait for room): so a caller may hold a
+    lock around it.  The descriptor goes with the first byte; the count sent is returned.
+    """
+    if not isinstance(sock, _socket.socket) or type(sock).sendmsg is not _SENDMSG:
+        return None  # not a socket (send_fd says so), or one that may do more
+    if sock.gettimeout() is not None:
+        return None
     rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(fd))]
-    sent = sock.sendmsg([message], rights)
-    if sent < len(message):  # a stream socket took only part; the descriptor went with it
-        sock.sendall(message[sent:])
+    try:
+        sent: int = sock.sendmsg([data], rights, _socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+    return sent
 
 
 def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:

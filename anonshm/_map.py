@@ -42,9 +42,6 @@ MMAP_ARGS: "Final" = (
 )
 
 _POPULATE: int = getattr(mmap, "MAP_POPULATE", 0)
-# Python < 3.13 keeps a duplicate of the descriptor in every mmap object (for size()
-# and resize(), which a MemoryMap never calls); from 3.13 on a map costs no descriptor.
-_NO_FD_COPY: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _HUGEPAGE: int = getattr(mmap, "MADV_HUGEPAGE", 0)
 _GRANULARITY: int = mmap.ALLOCATIONGRANULARITY
 
@@ -88,6 +85,14 @@ def rearm(watcher: _Ref, callback: "Callable[..., None]", *args: object) -> None
 def forget(watcher: _Ref) -> None:
     """Call nothing when the object is collected (it was closed properly)."""
     _pending.pop(watcher, None)
+
+
+def _mmap(fd: int, length: int, flags: int, prot: int, offset: int) -> mmap.mmap:
+    # Python < 3.13 keeps a duplicate of the descriptor in every mmap object (for size()
+    # and resize(), which a MemoryMap never calls); from 3.13 on a map costs none.
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, length, flags, prot, offset=offset, trackfd=False)
+    return mmap.mmap(fd, length, flags, prot, offset=offset)
 
 
 def _unmap(mm: mmap.mmap, buf: memoryview) -> None:
@@ -162,14 +167,14 @@ class MemoryMap:
         skew = offset % _GRANULARITY
         flags, prot = MMAP_ARGS[protection]
         if not (populate or hugepages):  # the common case, in the fewest steps
-            mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew, **_NO_FD_COPY)
+            mm = _mmap(fd, length + skew, flags, prot, offset=offset - skew)
         else:
             # MAP_POPULATE write-faults a private writable map: a copy of every page.
             # Such a map is only read ahead instead.
             private_copy = protection == WRITE_COPY
             if populate and not private_copy:
                 flags |= _POPULATE
-            mm = mmap.mmap(fd, length + skew, flags, prot, offset=offset - skew, **_NO_FD_COPY)
+            mm = _mmap(fd, length + skew, flags, prot, offset=offset - skew)
             try:
                 if populate and private_copy:
                     _advise(mm, mmap.MADV_WILLNEED)

@@ -636,10 +636,18 @@ class AnonymousMemory:
         """
         if _handoff is None:
             _load_handoff()
-        # A duplicate, so the lock is not held while a full socket blocks the send.
+        data = _handoff.message(self._name, self._size, self._protection)
+        with self._lock:  # a close in another thread waits: fd is not reused meanwhile
+            sent = _handoff.send_fd_now(sock, self.fileno(), data)
+        if sent is not None:
+            if sent < len(data):  # the descriptor went with the first part
+                sock.sendall(data[sent:])
+            return
+        # The socket is full, or has a timeout: send a duplicate, so that the lock is
+        # not held while the send waits, and a close in another thread does not wait.
         fd = self._handoff_fd()
         try:
-            _handoff.send_fd(sock, fd, self._name, self._size, self._protection)
+            _handoff.send_fd(sock, fd, data)
         finally:
             os.close(fd)
 

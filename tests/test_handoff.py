@@ -268,6 +268,21 @@ def test_something_else_than_a_socket_is_a_type_error(not_a_socket: object, no_l
         assert not mem.closed
 
 
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["blocking", "timeout"])
+def test_send_works_whether_the_socket_blocks_or_has_a_timeout(
+    pair: Pair, timeout: float | None
+) -> None:
+    # Blocking: one sendmsg under the handle's lock; with a timeout (Python then waits
+    # for room before the call): a duplicate is sent, without the lock.
+    left, right = pair
+    left.settimeout(timeout)
+    with AnonymousMemory(16, name="t") as mem, mem.map() as view:
+        view[:2] = b"ok"
+        mem.send(left)
+        with AnonymousMemory.receive(right) as got, got.map() as seen:
+            assert seen[:2] == b"ok"
+
+
 class _WrappedSocket:
     """A socket that wraps a real one instead of being one, as gevent's and eventlet's do."""
 
