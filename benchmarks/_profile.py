@@ -28,6 +28,8 @@ from _harness import seconds
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from anonshm import AnonymousMemory
+
 NUMBER: Final = 2000
 REPEAT: Final = 7
 IMPORT_RUNS: Final = 7
@@ -159,18 +161,61 @@ def pieces() -> None:
             lambda: AnonymousMemory.from_token(token).close(),
         )
         _overhead("anonshm over raw", mine, raw)
-        _row("  parse_token(token) (regex)", lambda: _wire.parse_token(token))
+        _row("  parse_token(token)", lambda: _wire.parse_token(token))
         _row("  fcntl(F_GETFL)", lambda: fcntl.fcntl(fd, fcntl.F_GETFL))
         _row("  _backend.seals(fd) (F_GET_SEALS)", lambda: _backend.seals(fd))
         _row(
             "  _backend.kernel_name(fd) (readlink /proc/self/fd)", lambda: _backend.kernel_name(fd)
         )
 
+        _handoff_pieces(held)
+
         print("\n== spawn: the Python work before fork/exec (the exec itself is ~0.6 ms) ==")
         _row("  _entries([mem])", lambda: _spawn._entries([held]))
         _row(f"  dict(os.environ) ({len(os.environ)} variables)", lambda: dict(os.environ))
         _row("  dict(os.environb) (bytes: no decode, no re-encode)", lambda: dict(os.environb))
         _row("  format_inherit_fds", lambda: _wire.format_inherit_fds([("anonshm", fd)]))
+
+
+def _handoff_pieces(held: AnonymousMemory) -> None:
+    """send + receive + map + close over a socket pair, in this process (the worker path)."""
+    import socket
+
+    from anonshm import AnonymousMemory, TokenError, _handoff
+
+    print("\n== send + receive + map + close (4 KiB, a socket pair in this process) ==")
+    left, right = socket.socketpair()
+    fd = held.fileno()
+    size_message = (4096).to_bytes(8, "little")
+    with left, right:
+
+        def raw() -> None:
+            socket.send_fds(left, [size_message], [fd])
+            _, fds, _, _ = socket.recv_fds(right, 8, 1)
+            with mmap.mmap(fds[0], 4096):
+                pass
+            os.close(fds[0])
+
+        def mine() -> None:
+            held.send(left)
+            with AnonymousMemory.receive(right) as got, got.map():
+                pass
+
+        def parse_only() -> None:
+            held.send(left)
+            os.close(_handoff.receive_fd(right)[0])
+
+        def adopt_only() -> None:
+            own = os.dup(fd)
+            got = AnonymousMemory._adopt(own, 1, TokenError, "x", name="a", size=4096)
+            got.close()
+
+        base = _row("raw send_fds + recv_fds + mmap + close", raw)
+        total = _row("mem.send + receive + map + close", mine)
+        _overhead("anonshm over raw", total, base)
+        _row("  send + receive_fd (the message, parsed; no checks)", parse_only)
+        _row("  dup + _adopt + close (fstat, F_GETFL, seals, the handle)", adopt_only)
+        _row("  fstat", lambda: os.fstat(fd))
 
 
 def profile_lifecycle(count: int = 20000) -> None:
