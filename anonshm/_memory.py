@@ -396,7 +396,7 @@ class AnonymousMemory:
                 ``/sys/kernel/mm/transparent_hugepage/shmem_enabled`` allows
                 (``advise``).  It matters on the map that first writes the pages:
                 they are allocated 2 MiB at a time then, and every later map of them,
-                in any process, uses them so (1 GiB to a worker: 289 -> 158 ms).
+                in any process, uses them so (far fewer page faults; see benchmarks/).
 
         Raises:
             ValueError: the window is empty or outside the memory, or this handle is
