@@ -5,7 +5,8 @@ itself to every task: multiprocessing sends the descriptor, never the data.  Eac
 worker maps only its own rows, fills them in place and closes its handle; the parent
 then finds every row already in its own array, without a copy.
 
-Run:
+Run (numpy is not a dependency of anonshm: ``pip install numpy`` first, or use the
+``.venv`` that ``scripts/test`` makes):
     python examples/numpy_pool.py                      # the platform's start method
     python examples/numpy_pool.py --start-method spawn --workers 4
 """
@@ -17,7 +18,10 @@ import concurrent.futures
 import multiprocessing
 import os
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:  # say what to do, not a traceback
+    raise SystemExit("this example needs numpy: pip install numpy") from None
 
 from anonshm import AnonymousMemory
 
