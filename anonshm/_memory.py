@@ -425,7 +425,7 @@ class AnonymousMemory:
                 f"window offset={offset} length={length} is empty or outside the memory "
                 f"of {size} bytes"
             )
-        prot = self._protection if protection is None else self._map_protection(protection)
+        wanted = None if protection is None else check_protection(protection, "protection")
         if populate is not False:
             populate = _check_flag(populate, "populate")
         if hugepages is not False:
@@ -434,6 +434,8 @@ class AnonymousMemory:
             fd = self._fd
             if fd < 0:  # closed by another thread since the check above
                 raise ValueError("I/O operation on a closed AnonymousMemory")
+            # Under the lock: a freeze() in another thread changes both together.
+            prot = self._protection if wanted is None else self._map_protection(wanted)
             try:
                 view = MemoryMap(
                     fd,
@@ -455,8 +457,7 @@ class AnonymousMemory:
             self._track(view)
         return view
 
-    def _map_protection(self, protection: object) -> int:
-        prot = check_protection(protection, "protection")
+    def _map_protection(self, prot: int) -> int:
         if not allows(self._protection, prot):
             raise PermissionError(
                 f"cannot map {self._name!r} {PROTECTION_NAMES[prot]}: the memory is "
