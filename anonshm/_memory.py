@@ -65,9 +65,8 @@ _MAX_SIZE: "Final" = 2**63 - 1  # off_t
 _PRUNE_AT: "Final" = 64  # maps tracked before the dead ones are swept out
 
 
-def _check_size(size: object) -> int:
-    if not isinstance(size, int) or isinstance(size, bool):
-        raise TypeError(f"size must be an int, not {type(size).__name__}")
+def _check_size(value: object) -> int:
+    size = value if type(value) is int else _check_int(value, "size")
     if size < 1:
         raise ValueError(f"size must be at least 1 byte, not {size}")
     if size > _MAX_SIZE:

@@ -172,13 +172,13 @@ def _shmem_setting() -> str:
 
 def _set_thp(value: str) -> str | None:
     """Write shmem_enabled; return the previous value (the bracketed word) or None."""
+    previous = _shmem_setting()
     try:
-        with open(THP_SHMEM) as file:
-            words = file.read().split()
-        previous = next(word.strip("[]") for word in words if word.startswith("["))
+        if previous == "unknown":
+            raise OSError(f"cannot read {THP_SHMEM}")
         with open(THP_SHMEM, "w") as file:
             file.write(value)
-    except (OSError, StopIteration) as exc:
+    except OSError as exc:
         print(f"   --try-thp: cannot set {THP_SHMEM} to {value!r}: {exc}")
         return None
     return previous
