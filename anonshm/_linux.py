@@ -46,58 +46,61 @@ _NAMED_TRIES: "Final" = 20  # NSPR's own bound on the names it tries
 _memfd_flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL
 
 
-def create(name: str, size: int, directory: str | None, reserve: bool) -> int:
-    """A new read-write descriptor of ``size`` zero bytes that no path leads to."""
-    fd = _memfd(name) if directory is None else _tmpfile(directory)
-    try:
-        os.ftruncate(fd, size)
-        if reserve:
-            # Allocates every page now: ENOSPC here instead of SIGBUS on a later write.
-            os.posix_fallocate(fd, 0, size)
-        if directory is None:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FIXED_SIZE_SEALS)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+def create(pending: list[int], name: str, size: int, directory: str | None, reserve: bool) -> None:
+    """Append a new read-write descriptor of ``size`` zero bytes, that no path leads to.
+
+    It goes into the caller's ``pending`` the moment it exists, and stays there, the
+    caller's to close, whether this returns or raises.
+    """
+    if directory is None:
+        _memfd(pending, name)
+    else:
+        _tmpfile(pending, directory)
+    fd = pending[-1]
+    os.ftruncate(fd, size)
+    if reserve:
+        # Allocates every page now: ENOSPC here instead of SIGBUS on a later write.
+        os.posix_fallocate(fd, 0, size)
+    if directory is None:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FIXED_SIZE_SEALS)
 
 
-def _memfd(name: str) -> int:
+def _memfd(pending: list[int], name: str) -> None:
     global _memfd_flags
     try:
-        return os.memfd_create(name, _memfd_flags)
+        pending.append(os.memfd_create(name, _memfd_flags))
     except OSError as exc:
         if exc.errno != errno.EINVAL or not _memfd_flags & MFD_NOEXEC_SEAL:
             raise
+    else:
+        return
     _memfd_flags &= ~MFD_NOEXEC_SEAL
-    return os.memfd_create(name, _memfd_flags)
+    pending.append(os.memfd_create(name, _memfd_flags))
 
 
-def _tmpfile(directory: str) -> int:
+def _tmpfile(pending: list[int], directory: str) -> None:
     try:
-        return os.open(directory, TMPFILE_FLAGS, 0o600)
+        pending.append(os.open(directory, TMPFILE_FLAGS, 0o600))
     except OSError as exc:
         # EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
-    return _named_then_unlinked(directory)
+    else:
+        return
+    _named_then_unlinked(pending, directory)
 
 
-def _named_then_unlinked(directory: str) -> int:
+def _named_then_unlinked(pending: list[int], directory: str) -> None:
     # NSPR's strategy: the name exists only between open and unlink, mode 0600.
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(_NAMED_TRIES):
         path = os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")
         try:
-            fd = os.open(path, flags, 0o600)
+            pending.append(os.open(path, flags, 0o600))
         except FileExistsError:
             continue
-        try:
-            os.unlink(path)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        os.unlink(path)
+        return
     raise FileExistsError(errno.EEXIST, "no free name for a backing file", directory)
 
 
@@ -118,7 +121,17 @@ def freeze(fd: int) -> None:
 
 def reopen_readonly(fd: int) -> int:
     """A new read-only descriptor of the open file behind ``fd``."""
-    return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self/fd"):
+            raise
+        # Linux has no other way to reopen a memfd read-only than its /proc entry.
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "cannot make a read-only descriptor: Linux reopens memory read-only through "
+            "/proc/self/fd, and /proc is not mounted in this process's mount namespace",
+        ) from None
 
 
 def kernel_name(fd: int) -> str | None:

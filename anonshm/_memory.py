@@ -2,15 +2,15 @@
 
 import errno
 import fcntl
+import mmap
 import os
 import stat
 import sys
-from _thread import RLock
-from _warnings import warn  # what warnings.warn is, without importing warnings.py
 from _weakref import ref
 
 from ._errors import AnonShmError, InheritError, TokenError
-from ._map import MemoryMap, final, forget, rearm, watch
+from ._holder import Holder
+from ._map import MemoryMap, final
 from ._wire import (
     INHERIT_VARIABLE,
     PR_DESC_FILE,
@@ -37,7 +37,6 @@ else:  # pragma: no cover - no backend yet: fail at import with a clear message
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable
     from types import TracebackType
     from typing import Final, Self
 
@@ -74,18 +73,21 @@ def _check_size(value: object) -> int:
     return size
 
 
-def _close_unclosed(
-    fd: int,
-    name: str,
-    _warn: "Callable[..., None]" = warn,
-    _close: "Callable[[int], None]" = os.close,
-) -> None:
-    # Defaults bind what teardown may already have cleared from the module.  Close
-    # first: with warnings as errors the warning raises, and the fd must go anyway.
+def _close_all(pending: list[int]) -> None:
+    """Close what a failed call still owns (``pending`` is empty once a holder took it)."""
+    while pending:
+        os.close(pending.pop())  # one line: popped and closed together
+
+
+def _importable_name(recorded: str | None) -> str:
+    # Another program's memfd may carry a name anonshm cannot hand on (a ':', bytes
+    # that are not UTF-8, read back as surrogates): such a memory gets the default.
+    if recorded is None:
+        return DEFAULT_NAME
     try:
-        _close(fd)
-    finally:
-        _warn(f"unclosed AnonymousMemory {name!r} fd={fd}", ResourceWarning)
+        return check_name(recorded)
+    except ValueError:
+        return DEFAULT_NAME
 
 
 def _load_handoff() -> None:
@@ -155,13 +157,11 @@ class AnonymousMemory:
     """
 
     # Defaults: close() and repr() work on an object whose __init__ failed.
-    _fd: int = -1
+    _holder: Holder | None = None
     _size: int = 0
     _name: str = DEFAULT_NAME
-    _protection: int = READ_WRITE  # a Protection's value (see _wire)
-    _maps: list[ref[MemoryMap]] | None = None
+    _maps: "list[ref[MemoryMap]]"
     _prune_at: int = _PRUNE_AT
-    _ref: ref[object] | None = None
 
     def __init__(
         self,
@@ -176,29 +176,30 @@ class AnonymousMemory:
         name = check_name(name)
         prot = check_protection(protection, "protection")
         path = None if directory is None else os.fsdecode(directory)
-        fd = _backend.create(name, size, path, _check_flag(reserve, "reserve"))
-        if prot != READ_WRITE:
-            try:
-                readonly = _backend.reopen_readonly(fd)
-            finally:
-                os.close(fd)
-            fd = readonly
-        self._own(fd, size, name, prot)
+        reserve = _check_flag(reserve, "reserve")
+        # Every descriptor is in `pending` until the holder takes it: whatever line an
+        # exception lands on, the finally closes what nobody else owns yet.
+        pending: list[int] = []
+        try:
+            _backend.create(pending, name, size, path, reserve)
+            if prot != READ_WRITE:
+                pending.append(_backend.reopen_readonly(pending[-1]))
+                os.close(pending.pop(0))  # the read-write one: never handed anywhere
+            self._own(pending, size, name, prot)
+        finally:
+            _close_all(pending)
 
-    def _own(self, fd: int, size: int, name: str, protection: int) -> None:
+    def _own(self, pending: list[int], size: int, name: str, protection: int) -> None:
+        """Take the descriptor ``pending[-1]`` (the last step: see ``_holder``)."""
         self._size = size
         self._name = name
-        self._protection = protection
-        # A close in one thread vs a map in another; reentrant, so a close from a signal
-        # handler or a __del__ that interrupts this thread's own map cannot deadlock.
-        self._lock = RLock()
-        self._fd = fd
-        self._ref = watch(self, _close_unclosed, fd, name)
+        self._maps = []
+        self._holder = Holder(pending, protection, name)
 
     @classmethod
     def _adopt(
         cls,
-        fd: int,
+        pending: list[int],
         protection: int | None,
         error: type[AnonShmError],
         what: str,
@@ -207,59 +208,77 @@ class AnonymousMemory:
         size: int | None = None,
         fixed_size: bool = False,
     ) -> "Self":
-        """Own ``fd`` (already this object's own duplicate) once it proves to be memory.
+        """Own ``pending[-1]`` (this process's own descriptor) once it proves to be memory.
 
-        On failure ``fd`` is closed and ``error`` raised, naming ``what`` was imported.
+        On failure ``error`` is raised, naming ``what`` was imported; the caller's
+        ``finally`` closes what is still in ``pending``.
         """
+        fd = pending[-1]
         try:
-            try:
-                st = os.fstat(fd)
-                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-            except OSError as exc:
-                raise error(f"{what}: cannot inspect the descriptor ({exc.strerror})") from exc
-            access = _check_memory(st, flags, error, what, size)
-            writable = access == os.O_RDWR
+            # Seals first: once the size is sealed, the size read next is the final one
+            # (read the other way round, a sender could shrink, then seal, in between).
             seals = _backend.seals(fd)
-            if fixed_size and seals & _backend.FIXED_SIZE_SEALS != _backend.FIXED_SIZE_SEALS:
+            st = os.fstat(fd)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError as exc:
+            raise error(f"{what}: cannot inspect the descriptor ({exc.strerror})") from exc
+        access = _check_memory(st, flags, error, what, size)
+        writable = access == os.O_RDWR
+        frozen = writable and bool(seals & _backend.WRITE_SEALS)
+        if fixed_size:
+            if seals & _backend.FIXED_SIZE_SEALS != _backend.FIXED_SIZE_SEALS:
                 raise error(
                     f"{what} can be resized by its other holders (its size is not sealed); "
                     "receive(sock, allow_resizable=True) accepts it anyway"
                 )
-            frozen = writable and seals & _backend.WRITE_SEALS
-            if protection is None:
-                writable = writable and not frozen
-                protection = READ_WRITE if writable else READ_ONLY
-            elif protection == READ_WRITE and not writable:
-                raise error(f"{what} asks READ_WRITE, but the descriptor is read-only")
-            elif protection == READ_WRITE and frozen:
-                raise error(f"{what} asks READ_WRITE, but the memory is frozen")
-            if name is None:
-                name = _backend.kernel_name(fd) or DEFAULT_NAME
-            if access == os.O_RDWR and protection != READ_WRITE:
-                # A read-only memory holds a read-only descriptor, whatever it was given:
-                # handed on, it must not give the next process write access back.
-                readonly = _backend.reopen_readonly(fd)
-                os.close(fd)
-                fd = readonly
-        except BaseException:
-            os.close(fd)
-            raise
+            if st.st_blksize > mmap.PAGESIZE and not seals & _backend.WRITE_SEALS:
+                # hugetlb: a holder can punch a hole and take the huge pages back; the
+                # next touch here finds none left and dies of SIGBUS.  Only a write
+                # seal (a frozen memory) rules hole punching out.
+                raise error(
+                    f"{what} is backed by huge pages ({st.st_blksize} bytes) that its other "
+                    "holders can take back (hole punching) unless it is frozen; "
+                    "receive(sock, allow_resizable=True) accepts it anyway"
+                )
+        if protection is None:
+            protection = READ_WRITE if writable and not frozen else READ_ONLY
+        elif protection == READ_WRITE and not writable:
+            raise error(f"{what} asks READ_WRITE, but the descriptor is read-only")
+        elif protection == READ_WRITE and frozen:
+            raise error(f"{what} asks READ_WRITE, but the memory is frozen")
+        if name is None:
+            name = _importable_name(_backend.kernel_name(fd))
+        if writable and protection != READ_WRITE:
+            # A read-only memory holds a read-only descriptor, whatever it was given:
+            # handed on, it must not give the next process write access back.
+            pending.append(_backend.reopen_readonly(fd))
+            os.close(pending.pop(0))
         self = cls.__new__(cls)
-        self._own(fd, st.st_size, name, protection)
+        self._own(pending, st.st_size, name, protection)
         return self
 
     @classmethod
     def _import(
         cls, fd: int, protection: int | None, error: type[AnonShmError], what: str
     ) -> "Self":
-        # Imports never adopt: the number handed over stays with whoever owns it.
+        # Imports never adopt: the number handed over stays with whoever owns it, and
+        # only this call's own duplicate ever goes into `pending`.
+        pending: list[int] = []
         try:
-            own = os.dup(fd)  # close-on-exec, like every descriptor Python makes
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise error(f"{what}: descriptor {fd} is not open in this process") from None
-            raise
-        return cls._adopt(own, protection, error, what)
+            try:
+                pending.append(os.dup(fd))  # close-on-exec, like every descriptor Python makes
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    raise
+                raise error(
+                    f"{what}: descriptor {fd} is not open in this process (the parent must "
+                    "pass it down, e.g. pass_fds=[mem.fileno()], and keep its handle open; "
+                    "a token exported before freeze() is stale: freeze() replaces the "
+                    "descriptor, so export again after it)"
+                ) from None
+            return cls._adopt(pending, protection, error, what)
+        finally:
+            _close_all(pending)
 
     @classmethod
     def from_token(cls, token: str) -> "Self":
@@ -335,9 +354,25 @@ class AnonymousMemory:
         return protection_member(self._protection)
 
     @property
+    def _protection(self) -> int:
+        # Read from the state, where freeze() changes it together with the descriptor.
+        holder = self._holder
+        if holder is None:
+            return READ_WRITE
+        current = holder._current
+        return current[0][1] if current else holder.last_protection
+
+    @property
     def closed(self) -> bool:
         """Whether this handle is closed (the memory may live on elsewhere)."""
-        return self._fd < 0
+        holder = self._holder
+        return holder is None or holder.closed
+
+    def _live(self) -> Holder:
+        holder = self._holder
+        if holder is None or holder.closed:
+            raise ValueError("I/O operation on a closed AnonymousMemory")
+        return holder
 
     @property
     def fixed_size(self) -> bool:
@@ -347,13 +382,15 @@ class AnonymousMemory:
         files and unsealed memory from elsewhere, which any holder with a writable
         descriptor may truncate, and then a touch beyond the new end is ``SIGBUS``.
         """
-        seals = _backend.seals(self.fileno())
+        with self._live().borrow() as (fd, _):
+            seals = _backend.seals(fd)
         return seals & _backend.FIXED_SIZE_SEALS == _backend.FIXED_SIZE_SEALS
 
     @property
     def frozen(self) -> bool:
         """Whether the kernel refuses every new write to the memory, for all holders."""
-        return bool(_backend.seals(self.fileno()) & _backend.WRITE_SEALS)
+        with self._live().borrow() as (fd, _):
+            return bool(_backend.seals(fd) & _backend.WRITE_SEALS)
 
     def fileno(self) -> int:
         """This handle's descriptor (close-on-exec; owned by this object: don't close it).
@@ -368,10 +405,7 @@ class AnonymousMemory:
             ...     os.get_inheritable(mem.fileno())
             False
         """
-        fd = self._fd
-        if fd < 0:
-            raise ValueError("I/O operation on a closed AnonymousMemory")
-        return fd
+        return self._live().state[0]
 
     def map(
         self,
@@ -410,9 +444,11 @@ class AnonymousMemory:
             (True, 4)
         """
         # Checks in line, plain types first: this is the path of every handoff.
-        if self._fd < 0:
+        holder = self._holder
+        if holder is None or holder._closed:
             raise ValueError("I/O operation on a closed AnonymousMemory")
         size = self._size
+        given = length
         if type(offset) is not int:
             offset = _check_int(offset, "offset")
         if length is None:
@@ -421,7 +457,7 @@ class AnonymousMemory:
             length = _check_int(length, "length", " or None")
         if not 0 <= offset < size or not 0 < length <= size - offset:
             raise ValueError(
-                f"window offset={offset} length={length} is empty or outside the memory "
+                f"window offset={offset} length={given} is empty or outside the memory "
                 f"of {size} bytes"
             )
         wanted = None if protection is None else check_protection(protection, "protection")
@@ -429,12 +465,11 @@ class AnonymousMemory:
             populate = _check_flag(populate, "populate")
         if hugepages is not False:
             hugepages = _check_flag(hugepages, "hugepages")
-        with self._lock:
-            fd = self._fd
-            if fd < 0:  # closed by another thread since the check above
-                raise ValueError("I/O operation on a closed AnonymousMemory")
-            # Under the lock: a freeze() in another thread changes both together.
-            prot = self._protection if wanted is None else self._map_protection(wanted)
+        # Borrowed: a close() meanwhile (another thread, a signal handler) leaves the
+        # number this memory's until the map is made, and the protection is the one
+        # that goes with this descriptor.
+        with holder.borrow() as (fd, have):
+            prot = have if wanted is None else self._map_protection(have, wanted)
             try:
                 view = MemoryMap(
                     fd,
@@ -453,23 +488,23 @@ class AnonymousMemory:
                     exc.errno,
                     f"cannot map {self._name!r} {PROTECTION_NAMES[prot]}: the memory is frozen",
                 ) from exc
-            self._track(view)
+        self._track(view)
+        if holder._closed:  # close() ran meanwhile; its sweep may have missed this map
+            view.close()
+            raise ValueError(f"AnonymousMemory {self._name!r} was closed while map() ran")
         return view
 
-    def _map_protection(self, prot: int) -> int:
-        if not allows(self._protection, prot):
+    def _map_protection(self, have: int, prot: int) -> int:
+        if not allows(have, prot):
             raise PermissionError(
                 f"cannot map {self._name!r} {PROTECTION_NAMES[prot]}: the memory is "
-                f"{PROTECTION_NAMES[self._protection]}"
+                f"{PROTECTION_NAMES[have]}"
             )
         return prot
 
     def _track(self, view: MemoryMap) -> None:
         # Weak references, so a map dropped unclosed is not kept alive by its memory.
         maps = self._maps
-        if maps is None:
-            self._maps = [ref(view)]
-            return
         maps.append(ref(view))
         if len(maps) > self._prune_at:
             maps[:] = [known for known in maps if (live := known()) is not None and not live.closed]
@@ -488,7 +523,8 @@ class AnonymousMemory:
             ...     mem.export() == f"{mem.fileno()}:1"
             True
         """
-        return format_token(self.fileno(), self._protection)
+        fd, protection = self._live().state  # together: freeze() changes both
+        return format_token(fd, protection)
 
     def duplicate(self, *, protection: "Protection | None" = None) -> "AnonymousMemory":
         """Another handle on the same memory, with a descriptor of its own.
@@ -509,19 +545,22 @@ class AnonymousMemory:
             ...             reader.protection.name, view.buf.readonly
             ('READ_ONLY', True)
         """
-        self.fileno()
-        wanted = (
-            self._protection if protection is None else check_protection(protection, "protection")
-        )
-        if not allows(self._protection, wanted):
-            raise PermissionError(
-                f"cannot duplicate a {PROTECTION_NAMES[self._protection]} memory as "
-                f"{PROTECTION_NAMES[wanted]}"
-            )
-        with self._lock:
-            fd = self.fileno()
-            own = os.dup(fd) if wanted == READ_WRITE else _backend.reopen_readonly(fd)
-        return type(self)._adopt(own, wanted, TokenError, "duplicate", name=self._name)
+        holder = self._live()
+        pending: list[int] = []
+        try:
+            with holder.borrow() as (fd, have):
+                wanted = have if protection is None else check_protection(protection, "protection")
+                if not allows(have, wanted):
+                    raise PermissionError(
+                        f"cannot duplicate a {PROTECTION_NAMES[have]} memory as "
+                        f"{PROTECTION_NAMES[wanted]}"
+                    )
+                pending.append(os.dup(fd) if wanted == READ_WRITE else _backend.reopen_readonly(fd))
+            twin = type(self).__new__(type(self))
+            twin._own(pending, self._size, self._name, wanted)
+            return twin
+        finally:
+            _close_all(pending)
 
     def freeze(self) -> None:
         """Make the memory read-only for every holder, for good; maps open now keep working.
@@ -530,11 +569,18 @@ class AnonymousMemory:
         holder -- this one included -- can make a new writable map or write through a
         descriptor again, and children receive read-only descriptors.  The kernel
         enforces it with ``F_SEAL_FUTURE_WRITE`` (Linux >= 5.1).  This handle's
-        descriptor is replaced by a read-only one (``fileno()`` changes).
+        descriptor is replaced by a read-only one, so ``fileno()`` changes: a token
+        exported before the freeze is stale; export again after it.
+
+        The freeze is all or nothing: the read-only descriptor is made first, so when
+        that fails (no ``/proc``, a full descriptor table) nothing is sealed and the
+        handle stays as it was.
 
         Raises:
             AnonShmError: the memory cannot be frozen (a ``directory=`` file, a
                 read-only handle, or a kernel older than 5.1).
+            OSError: no read-only descriptor could be made (``EMFILE``; ``ENOENT``
+                when ``/proc`` is not mounted); nothing was changed.
 
         Example:
             >>> from anonshm import AnonymousMemory
@@ -545,47 +591,51 @@ class AnonymousMemory:
             ...     mem.frozen, mem.protection.name, mem.export().endswith(":0")
             (True, 'READ_ONLY', True)
         """
-        # Under the lock: a close in another thread must not let the seal, which
-        # cannot be undone, land on another file that reused the number.
-        with self._lock:
-            fd = self.fileno()
-            frozen = bool(_backend.seals(fd) & _backend.WRITE_SEALS)
-            if self._protection != READ_WRITE:
-                if frozen:
-                    return
-                raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
-            if not frozen:
-                try:
-                    _backend.freeze(fd)
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.EPERM):
-                        raise
-                    raise AnonShmError(
-                        f"cannot freeze {self._name!r}: the kernel refused to seal it (only "
-                        "memfd memory can be sealed, not a directory= file or an NSPR file "
-                        "map; and only on Linux >= 5.1)"
-                    ) from exc
-            readonly = _backend.reopen_readonly(fd)
-            self._fd = readonly
-            if self._ref is not None:
-                rearm(self._ref, _close_unclosed, readonly, self._name)
-            self._protection = READ_ONLY
-            os.close(fd)
+        holder = self._live()
+        pending: list[int] = []
+        try:
+            # Borrowed: the seal, which cannot be undone, lands on this memory even if
+            # a close() (another thread, a signal handler) runs meanwhile.
+            with holder.borrow() as state:
+                fd, have = state
+                frozen = bool(_backend.seals(fd) & _backend.WRITE_SEALS)
+                if have != READ_WRITE:
+                    if frozen:
+                        return
+                    raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
+                pending.append(_backend.reopen_readonly(fd))  # all that can fail, first
+                if not frozen:
+                    try:
+                        _backend.freeze(fd)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EINVAL, errno.EPERM):
+                            raise
+                        raise AnonShmError(
+                            f"cannot freeze {self._name!r}: the kernel refused to seal it (only "
+                            "memfd memory can be sealed, not a directory= file or an NSPR file "
+                            "map; and only on Linux >= 5.1)"
+                        ) from exc
+                holder.replace(state, pending, READ_ONLY)
+        finally:
+            _close_all(pending)
 
-    def _handoff_fd(self) -> int:
-        """A new close-on-exec duplicate of the descriptor, for the caller to pass and close.
+    def _handoff_fd(self, pending: list[int]) -> None:
+        """Append a new close-on-exec duplicate of the descriptor to ``pending``.
 
-        Taken under the lock, so a close in another thread cannot leave the caller
-        holding a number that has meanwhile been reused for some other file.
+        The caller owns it from then on (and passes, then closes it); it is made while
+        the descriptor is borrowed, so it is a duplicate of this memory even when a
+        close() in another thread runs meanwhile.
         """
-        with self._lock:
-            return os.dup(self.fileno())
+        with self._live().borrow() as (fd, _):
+            pending.append(os.dup(fd))
 
     def close(self) -> None:
         """Close this handle and unmap every map made through it; again does nothing.
 
         The memory itself lives on while any other holder (a child, a duplicate, a
         view still exported from a map) keeps it; the kernel frees it after the last.
+        A ``send()`` or ``map()`` that another thread has under way keeps the
+        descriptor open until it is done; the handle is closed at once.
 
         Example:
             >>> from anonshm import AnonymousMemory
@@ -595,30 +645,29 @@ class AnonymousMemory:
             >>> mem.closed, view.closed
             (True, True)
         """
-        if self._fd < 0:
+        holder = self._holder
+        if holder is None or holder._closed:
             return
-        with self._lock:
-            fd = self._fd
-            if fd < 0:
-                return
-            self._fd = -1
-            maps, self._maps = self._maps, None
-        if self._ref is not None:
-            forget(self._ref)
-            self._ref = None  # no callback at all when the object goes
         try:
-            for known in maps or ():
-                view = known()
+            holder.close()  # first: a map() that starts now sees it closed
+            holder.forget()
+        finally:
+            maps = self._maps
+            while maps:
+                try:
+                    view = maps.pop()()
+                except IndexError:
+                    break
                 if view is not None:
                     view.close()
-        finally:
-            os.close(fd)
 
     def send(self, sock: "socket.socket") -> None:
         """Hand this memory to the process at the other end of a Unix socket.
 
         The descriptor travels with ``SCM_RIGHTS``, with the name, size and protection;
         the receiver calls :meth:`receive`.  This handle stays open and owned here.
+        A ``close()`` in another thread while the send waits does not wait for it:
+        the descriptor is closed when the send is done.
 
         Raises:
             OSError: the socket is not a connected Unix socket, or the send failed.
@@ -636,20 +685,9 @@ class AnonymousMemory:
         """
         if _handoff is None:
             _load_handoff()
-        data = _handoff.message(self._name, self._size, self._protection)
-        with self._lock:  # a close in another thread waits: fd is not reused meanwhile
-            sent = _handoff.send_fd_now(sock, self.fileno(), data)
-        if sent is not None:
-            if sent < len(data):  # the descriptor went with the first part
-                sock.sendall(data[sent:])
-            return
-        # The socket is full, or has a timeout: send a duplicate, so that the lock is
-        # not held while the send waits, and a close in another thread does not wait.
-        fd = self._handoff_fd()
-        try:
-            _handoff.send_fd(sock, fd, data)
-        finally:
-            os.close(fd)
+        # Borrowed: the message announces the protection of the very descriptor sent.
+        with self._live().borrow() as (fd, protection):
+            _handoff.send_fd(sock, fd, _handoff.message(self._name, self._size, protection))
 
     @classmethod
     def receive(cls, sock: "socket.socket", *, allow_resizable: bool = False) -> "Self":
@@ -661,12 +699,13 @@ class AnonymousMemory:
                 Every descriptor that arrived is closed.
             EOFError: the peer closed the socket before sending anything.
 
-        A memory whose size the kernel does not fix (not sealed: a ``directory=`` file,
-        or a memfd from another program) is refused unless ``allow_resizable=True``:
-        its sender could truncate it under this process's maps, and a touch beyond
-        the new end would kill this process with ``SIGBUS``.  After a ``TokenError`` on
-        a stream socket the rest of the rejected message may still be queued: close
-        the socket rather than receiving again.
+        A memory whose pages another holder can take away is refused unless
+        ``allow_resizable=True``: one whose size the kernel does not fix (not sealed:
+        a ``directory=`` file, or a memfd from another program), or one backed by huge
+        pages that is not frozen (its sender could punch a hole and take them back).
+        Either way a later touch would kill this process with ``SIGBUS``.  After a
+        ``TokenError`` on a stream socket the rest of the rejected message may still be
+        queued: close the socket rather than receiving again.
 
         A peer that sends half a message and then waits keeps a blocking socket
         waiting too: give the socket a timeout (``sock.settimeout``) when the peer is
@@ -686,14 +725,26 @@ class AnonymousMemory:
         allow_resizable = _check_flag(allow_resizable, "allow_resizable")
         if _handoff is None:
             _load_handoff()
-        fd, name, size, protection = _handoff.receive_fd(sock)
-        what = f"memory received as {name!r}"
-        return cls._adopt(
-            fd, protection, TokenError, what, name=name, size=size, fixed_size=not allow_resizable
-        )
+        pending: list[int] = []
+        try:
+            # One line: the descriptor received goes straight into `pending`.
+            pending.append((got := _handoff.receive_fd(sock))[0])
+            _, name, size, protection = got
+            what = f"memory received as {name!r}"
+            return cls._adopt(
+                pending,
+                protection,
+                TokenError,
+                what,
+                name=name,
+                size=size,
+                fixed_size=not allow_resizable,
+            )
+        finally:
+            _close_all(pending)
 
     def __enter__(self) -> "Self":
-        if self._fd < 0:
+        if self.closed:
             raise ValueError("cannot enter a closed AnonymousMemory")
         return self
 
@@ -713,7 +764,9 @@ class AnonymousMemory:
         )
 
     def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        holder = self._holder
+        current = () if holder is None or holder._closed else holder._current
+        state = f"fd={current[0][0]}" if current else "closed"
         return (
             f"<AnonymousMemory {self._name!r} size={self._size} "
             f"protection={PROTECTION_NAMES[self._protection]} {state}>"

@@ -37,25 +37,46 @@ __all__ = ["find_spec", "register"]
 
 
 def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tuple[object, ...]]:
-    from multiprocessing import reduction  # noqa: PLC0415 - loaded by now: it is calling us
+    from multiprocessing import context, reduction, util  # noqa: PLC0415 - loaded: calling us
 
-    if memory.closed:
+    holder = memory._holder
+    try:
+        if holder is None:
+            raise ValueError  # handled below: the same message as a closed one
+        borrow = holder.borrow()
+        # Borrowed, so that the number duplicated is this memory's, whatever another
+        # thread closes or opens meanwhile (pools pickle in a thread of their own).
+        with borrow as (fd, protection):
+            popen = context.get_spawning_popen()
+            if popen is None:
+                # A pool, a queue: the resource sharer duplicates the descriptor now.
+                dup = reduction.DupFd(fd)
+            else:
+                # A Process being started: the number is passed to the child a moment
+                # later, so pass a duplicate of our own, closed when the Popen goes.
+                util.Finalize(popen, os.close, ((own := os.dup(fd)),))  # one line: owned
+                dup = popen.DupFd(popen.duplicate_for_child(own))
+    except ValueError:
         # Pools pickle their arguments later, in a thread: the usual cause is closing
         # the memory right after submit().
         raise ValueError(
             f"{memory!r} was closed before multiprocessing sent it; keep it open until "
             "the worker has received it (e.g. until the task's result is in)"
-        )
-    dup = reduction.DupFd(memory.fileno())
-    return _rebuild, (dup, memory.name, memory._protection)
+        ) from None
+    return _rebuild, (dup, memory.name, protection)
 
 
 def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
     protection = check_protection(protection, "protection")
-    fd = dup.detach()
-    os.set_inheritable(fd, False)
     what = f"memory {name!r} from multiprocessing"
-    return AnonymousMemory._adopt(fd, protection, TokenError, what, name=name)
+    pending: list[int] = []
+    try:
+        pending.append(dup.detach())
+        os.set_inheritable(pending[-1], False)
+        return AnonymousMemory._adopt(pending, protection, TokenError, what, name=name)
+    finally:
+        while pending:
+            os.close(pending.pop())
 
 
 def register(reduction: ModuleType) -> None:

@@ -178,6 +178,11 @@ class SharedChild(Generic[AnyStr]):
         return f"<SharedChild pid={self.pid} returncode={self.returncode} inherited=[{names}]>"
 
 
+def _close_all(fds: list[int]) -> None:
+    while fds:
+        os.close(fds.pop())
+
+
 def _entries(inherit: Inherit) -> list[tuple[str, AnonymousMemory]]:
     if isinstance(inherit, AnonymousMemory):
         raise TypeError("inherit takes an iterable of memories: write inherit=[mem]")
@@ -306,9 +311,10 @@ def spawn(
         # the child starts cannot slip it some other file under a reused number.
         passed: dict[str, int] = {}
         for name, mem in entries:
-            fd = mem._handoff_fd()
-            duplicates.callback(os.close, fd)
-            passed[name] = fd
+            owned: list[int] = []
+            duplicates.callback(_close_all, owned)  # before the duplicate exists
+            mem._handoff_fd(owned)
+            passed[name] = owned[0]
         if passed:
             env[INHERIT_VARIABLE] = format_inherit_fds(list(passed.items()))
         else:

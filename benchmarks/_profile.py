@@ -86,7 +86,13 @@ def pieces() -> None:
 
     raw = _row("raw memfd_create + ftruncate + close", raw_create)
     _row("raw, with anonshm's flags + F_ADD_SEALS (the backend's calls)", raw_create_sealed)
-    _row("_backend.create(...) + close", lambda: os.close(_backend.create("a", 4096, None, False)))
+
+    def backend_create() -> None:
+        pending: list[int] = []
+        _backend.create(pending, "a", 4096, None, False)
+        os.close(pending.pop())
+
+    _row("_backend.create(...) + close", backend_create)
     mine = _row("AnonymousMemory(4096).close()", lambda: AnonymousMemory(4096).close())
     _overhead("anonshm over raw", mine, raw)
     _row("  _check_size(4096)", lambda: _memory._check_size(4096))
@@ -206,8 +212,7 @@ def _handoff_pieces(held: AnonymousMemory) -> None:
             os.close(_handoff.receive_fd(right)[0])
 
         def adopt_only() -> None:
-            own = os.dup(fd)
-            got = AnonymousMemory._adopt(own, 1, TokenError, "x", name="a", size=4096)
+            got = AnonymousMemory._adopt([os.dup(fd)], 1, TokenError, "x", name="a", size=4096)
             got.close()
 
         base = _row("raw send_fds + recv_fds + mmap + close", raw)

@@ -231,7 +231,9 @@ def test_directory_backend_cannot_be_linked_back(tmp_path: Path) -> None:
 
 
 def test_named_fallback_unlinks_before_returning(tmp_path: Path) -> None:
-    fd = _linux._named_then_unlinked(str(tmp_path))
+    pending: list[int] = []
+    _linux._named_then_unlinked(pending, str(tmp_path))
+    (fd,) = pending
     try:
         st = os.fstat(fd)
         assert st.st_nlink == 0
