@@ -69,7 +69,10 @@ def _collected(
     _close: "Callable[[int], None]" = os.close,
 ) -> None:
     # Defaults bind what interpreter teardown may already have cleared from the module.
-    net = _live.pop(watcher, None)
+    try:
+        net = _live.pop(watcher, None)
+    except TypeError:  # a dead reference never hashed: the holder died before registering
+        return
     if net is None or not (net.current or net.retired):
         return
     fds = [state[0] for state in net.current] + net.retired
@@ -84,23 +87,30 @@ def _collected(
 
 
 class _Borrow:
-    """``with holder.borrow() as (fd, protection):`` -- the descriptor stays this file's."""
+    """``with holder.borrow() as (fd, protection):`` -- the descriptor stays this file's.
 
-    __slots__ = ("_holder",)
+    The holder counts a borrow by its token, a weak reference to the borrow whose
+    callback ends it: a borrow whose ``with`` block never got to ``__exit__`` (an
+    exception raised at the very line that leaves the block) ends when the borrow
+    object goes, so a retired descriptor is never kept open for ever.
+    """
+
+    __slots__ = ("__weakref__", "_holder", "_token")
 
     def __init__(self, holder: "Holder") -> None:
         self._holder = holder
+        self._token = ref(self, holder._leave)
 
     def __enter__(self) -> State:
         holder = self._holder
         try:
-            holder._users.append(self)
+            holder._users.append(self._token)
             return holder._current[0]
         except IndexError:
-            holder._leave(self)
+            holder._leave(self._token)
             raise ValueError(_CLOSED) from None
         except BaseException:  # interrupted (Ctrl-C) after the append
-            holder._leave(self)
+            holder._leave(self._token)
             raise
 
     def __exit__(
@@ -109,7 +119,7 @@ class _Borrow:
         exc: BaseException | None,
         tb: "TracebackType | None",
     ) -> None:
-        self._holder._leave(self)
+        self._holder._leave(self._token)
 
 
 class Holder:
@@ -136,7 +146,7 @@ class Holder:
     def __init__(self, pending: list[int], protection: int, label: str) -> None:
         self._closed = False
         self.last_protection = protection  # what repr() shows once closed
-        self._users: list[_Borrow] = []
+        self._users: list[ref[_Borrow]] = []
         self._retired: list[int] = []
         self._current: list[State] = []
         self._watcher = ref(self, _collected)
@@ -167,25 +177,22 @@ class Holder:
         nobody borrows it); if the holder was closed meanwhile, the new one is too.
         """
         current = self._current
-        current.append((pending.pop(), protection))  # both present: readers see one
-        new = current[-1]
+        # One line: moved from `pending` (both old and new present: readers see old).
+        current.append(new := (pending.pop(), protection))
         try:
-            current.remove(old)  # compare-and-swap: fails if closed or replaced meanwhile
+            # Compare-and-swap: remove() fails if a close() or another replace() took
+            # `old` meanwhile.  One line: removed and retired together (None or ...).
+            current.remove(old) or self._retired.append(old[0])  # type: ignore[func-returns-value]
         except ValueError:
-            self._drop(new)
+            try:
+                current.remove(new) or self._retired.append(new[0])  # type: ignore[func-returns-value]
+            except ValueError:
+                pass  # a close() took it, and retired it
             return False
-        self._retire(old[0])
         self.last_protection = protection
         if self._closed:  # a close() ran between the append and the remove
             self.close()
         return True
-
-    def _drop(self, state: State) -> None:
-        try:
-            self._current.remove(state)
-        except ValueError:
-            return  # a close() took it, and retired it
-        self._retire(state[0])
 
     def close(self) -> bool:
         """Close the descriptor (once nobody borrows it); True if this call closed it."""
@@ -194,25 +201,22 @@ class Holder:
         closed = False
         while current:
             try:
-                self._retire(current.pop()[0])  # one line: never in no list at all
+                self._retired.append(current.pop()[0])  # one line: never in no list
             except IndexError:
                 break
             closed = True
+        if not self._users:  # closes it now, or what an interrupted borrower left
+            self._drain()
         return closed
 
     def forget(self) -> None:
         """Disarm the safety net: the handle was closed on purpose."""
         _live.pop(self._watcher, None)
 
-    def _retire(self, fd: int) -> None:
-        self._retired.append(fd)
-        if not self._users:
-            self._drain()
-
-    def _leave(self, borrow: _Borrow) -> None:
+    def _leave(self, token: "ref[_Borrow]") -> None:
         users = self._users
         try:
-            users.remove(borrow)
+            users.remove(token)
         except ValueError:
             return  # interrupted before the append, or forgotten after a fork
         if not users and self._retired:

@@ -228,10 +228,10 @@ class MemoryMap:
         buf, mm = self._buf, self._mmap
         if buf is None or mm is None:
             return
-        self._buf = self._mmap = None
-        if self._ref is not None:
+        if self._ref is not None:  # first: interrupted after it, close() again finishes
             forget(self._ref)
             self._ref = None  # no callback at all when the object goes
+        self._buf = self._mmap = None
         _unmap(mm, buf)
 
     def flush(self) -> None:

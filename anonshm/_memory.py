@@ -646,20 +646,20 @@ class AnonymousMemory:
             (True, True)
         """
         holder = self._holder
-        if holder is None or holder._closed:
+        if holder is None:
             return
         try:
             holder.close()  # first: a map() that starts now sees it closed
             holder.forget()
         finally:
+            # Each map is forgotten only once all are closed: a close() interrupted
+            # half-way (Ctrl-C) and called again closes the rest.
             maps = self._maps
-            while maps:
-                try:
-                    view = maps.pop()()
-                except IndexError:
-                    break
+            for known in maps[:]:
+                view = known()
                 if view is not None:
                     view.close()
+            maps.clear()
 
     def send(self, sock: "socket.socket") -> None:
         """Hand this memory to the process at the other end of a Unix socket.
