@@ -59,6 +59,11 @@ def create(pending: list[int], name: str, size: int, directory: str | None, rese
     fd = pending[-1]
     os.ftruncate(fd, size)
     if reserve:
+        # Past the memory left, fallocate on a memfd or tmpfs file is no ENOMEM: the
+        # OOM killer comes.  So the limits in sight are checked first, with this size.
+        from . import _limits  # noqa: PLC0415 - read only by reserve=True
+
+        _limits.check(fd, size, directory)
         # Allocates every page now: ENOSPC here instead of SIGBUS on a later write.
         os.posix_fallocate(fd, 0, size)
     if directory is None:
