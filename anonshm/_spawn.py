@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import ExitStack
-from typing import IO, TYPE_CHECKING, AnyStr, Generic, Literal, TypedDict, final, overload
+from typing import IO, TYPE_CHECKING, Any, AnyStr, Generic, Literal, TypedDict, final, overload
 
 from ._memory import AnonymousMemory
 from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
@@ -138,8 +138,14 @@ class SharedChild(Generic[AnyStr]):
 
     def communicate(
         self, input: AnyStr | None = None, timeout: float | None = None
-    ) -> tuple[AnyStr | None, AnyStr | None]:
-        """Send ``input``, read stdout and stderr to the end, wait (as ``Popen``)."""
+    ) -> tuple[Any, Any]:
+        """Send ``input``, read stdout and stderr to the end, wait (as ``Popen``).
+
+        Each is ``None`` unless its pipe was asked for (``stdout=subprocess.PIPE``).
+        """
+        # Any, as typeshed types Popen.communicate: whether each is None depends on
+        # the pipes chosen at the call, which no checker follows to here, and an
+        # Optional would make every `communicate()[0].strip()` an error.
         return self._popen.communicate(input, timeout)
 
     def send_signal(self, sig: int) -> None:
@@ -193,9 +199,16 @@ def _entries(inherit: Inherit) -> list[tuple[str, AnonymousMemory]]:
         check_name(name)
         if name in entries:
             raise ValueError(f"two inherited memories are named {name!r}; names must be unique")
-        mem.fileno()  # a closed memory is a ValueError before anything is duplicated
+        try:
+            mem.fileno()  # refused before anything is duplicated or started
+        except ValueError:
+            raise ValueError(_closed(name)) from None
         entries[name] = mem
     return list(entries.items())
+
+
+def _closed(name: str) -> str:
+    return f"spawn cannot pass memory {name!r}: it is closed"
 
 
 @overload
@@ -283,9 +296,9 @@ def spawn(
 
     Raises:
         TypeError: ``inherit`` holds something other than memories.
-        ValueError: two memories share a name, a name is invalid, a memory is closed,
-            or ``close_fds=False`` is asked with memories to pass (it would hand the
-            child every inheritable descriptor besides).
+        ValueError: two memories share a name, a name is invalid, a memory is closed
+            (the message names it), or ``close_fds=False`` is asked with memories to
+            pass (it would hand the child every inheritable descriptor besides).
         OSError: the child could not be started (as ``Popen``).
 
     Example:

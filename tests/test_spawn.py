@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_type
 
 import pytest
 
@@ -183,11 +183,14 @@ def test_bad_mapping_names_are_refused() -> None:
             spawn(["true"], inherit={3: mem})  # type: ignore[arg-type]
 
 
-def test_a_closed_memory_cannot_be_inherited() -> None:
-    mem = AnonymousMemory(8)
+def test_a_closed_memory_cannot_be_inherited_and_is_named(no_leaks: None) -> None:
+    mem = AnonymousMemory(8, name="x")
     mem.close()
-    with pytest.raises(ValueError, match="closed"):
-        spawn(["true"], inherit=[mem])
+    with AnonymousMemory(8, name="open") as other:
+        with pytest.raises(ValueError, match=r"^spawn cannot pass memory 'x': it is closed$"):
+            spawn(["true"], inherit=[other, mem])
+        with pytest.raises(ValueError, match=r"^spawn cannot pass memory 'key': it is closed$"):
+            spawn(["true"], inherit={"first": other, "key": mem})
 
 
 def test_child_outlives_the_parents_close() -> None:
@@ -368,3 +371,14 @@ def test_close_fds_false_with_memories_is_refused() -> None:
 def test_a_spawn_leaves_no_duplicate_behind(no_leaks: None) -> None:
     with AnonymousMemory(8) as mem, spawn(["true"], inherit=[mem]) as child:
         child.wait(timeout=60)
+
+
+def test_communicate_is_typed_as_popens() -> None:
+    # mypy --strict checks this file: communicate() is tuple[Any, Any] as typeshed's
+    # Popen.communicate (the docstring's `communicate()[0].strip()` needs no narrowing
+    # from an Optional).
+    with spawn(["echo", "hi"], stdout=subprocess.PIPE) as child:
+        result = child.communicate(timeout=30)
+    assert_type(result, tuple[Any, Any])
+    assert result[0].strip() == b"hi"
+    assert result[1] is None
