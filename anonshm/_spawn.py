@@ -226,6 +226,14 @@ def _closed(name: str) -> str:
     return f"spawn cannot pass memory {name!r}: it is closed"
 
 
+def _duplicate(name: str, mem: AnonymousMemory) -> int:
+    """A new duplicate of ``mem``'s descriptor, which the caller owns and must close."""
+    try:
+        return mem._handoff_fd()
+    except ValueError:  # closed by another thread since _entries looked
+        raise ValueError(_closed(name)) from None
+
+
 def _is_inherit_variable(key: object) -> bool:
     if isinstance(key, str):
         return key == INHERIT_VARIABLE
@@ -343,6 +351,9 @@ def spawn(
     instant, so that other threads may change it meanwhile), keyed by ``str`` or by
     ``bytes`` as ``env`` is (``os.environb``), with exactly one ``NSPR_INHERIT_FDS``.
 
+    If an exception (Ctrl-C) interrupts spawn, nothing is left open, and a child
+    already started is killed and reaped before the exception goes on.
+
     Args:
         args: the program and its arguments, as for ``subprocess.Popen``.
         inherit: memories (each keyed by its ``name``), or a ``{name: memory}`` mapping.
@@ -372,17 +383,36 @@ def spawn(
     entries = _entries(inherit)
     if entries and popen_kwargs.get("close_fds") is False:
         raise ValueError("spawn passes memories with pass_fds, which needs close_fds=True")
-    import subprocess  # noqa: PLC0415 - a child that only imports memory never pays for it
+    from subprocess import Popen  # noqa: PLC0415 - a child that only maps memory never pays for it
 
-    with ExitStack() as duplicates:
-        # Duplicates, taken under each memory's lock: a close in another thread while
-        # the child starts cannot slip it some other file under a reused number.
+    # Who owns what, whatever line an exception (Ctrl-C) lands on: each duplicate is
+    # the ExitStack's from the line that makes it, and the child is in `started` from
+    # the line that starts it, until it is returned.  Not a `with` block: the line that
+    # leaves one can take the exception before __exit__ runs.  Closing twice is safe:
+    # an ExitStack forgets each callback as it runs it.
+    duplicates = ExitStack()
+    started: list[Popen[Any]] = []
+    try:
         passed: dict[str, int] = {}
         for name, mem in entries:
-            fd = mem._handoff_fd()
-            duplicates.callback(os.close, fd)
+            # Taken under the memory's lock: a close in another thread while the child
+            # starts cannot slip it some other file under a reused number.
+            duplicates.callback(os.close, fd := _duplicate(name, mem))
             passed[name] = fd
         popen_kwargs["env"] = _child_env(popen_kwargs.get("env"), passed)
         popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), *passed.values())
-        popen = subprocess.Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs)
-    return SharedChild(popen, passed)
+        # One line: a statement spread over several has a line between the start and
+        # the append, where the exception could land and lose the child.
+        started.append(Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs))
+        duplicates.close()  # the child holds its own copies now
+        return SharedChild(started[0], passed)
+    except BaseException:
+        duplicates.close()
+        for popen in started:  # started, but never to be seen: it must not run on
+            _kill_and_reap(popen)
+        raise
+
+
+def _kill_and_reap(popen: subprocess.Popen[Any]) -> None:
+    with popen:  # closes the pipes, then waits
+        popen.kill()

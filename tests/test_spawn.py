@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -15,8 +16,17 @@ from typing import TYPE_CHECKING, Any, assert_type
 
 import pytest
 
-from anonshm import AnonymousMemory, InheritError, Protection, SharedChild, TokenError, spawn
-from tests.conftest import child_env, is_closed, python_child
+from anonshm import (
+    AnonymousMemory,
+    InheritError,
+    Protection,
+    SharedChild,
+    TokenError,
+    _spawn,
+    spawn,
+)
+from tests._faults import Trial, inject_at_each_line
+from tests.conftest import child_env, is_closed, open_fds, python_child
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -374,6 +384,57 @@ def test_close_fds_false_with_memories_is_refused() -> None:
 def test_a_spawn_leaves_no_duplicate_behind(no_leaks: None) -> None:
     with AnonymousMemory(8) as mem, spawn(["true"], inherit=[mem]) as child:
         child.wait(timeout=60)
+
+
+def _children() -> set[int]:
+    """This process's children, reaped or not (zombies are listed until reaped)."""
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as children:
+            pids.update(int(pid) for pid in children.read().split())
+    return pids
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # a zombie already
+    os.waitpid(pid, 0)
+
+
+def test_ctrl_c_at_any_line_of_spawn_leaks_nothing_and_closes_nothing_foreign() -> None:
+    # Every line of _spawn.py that spawn runs gets a KeyboardInterrupt in turn.  Whatever
+    # line it lands on, the duplicates are closed, the memories stay open, and a child
+    # that was started but cannot be returned is killed and reaped.
+    with AnonymousMemory(8, name="one") as one, AnonymousMemory(8, name="two") as two:
+        own = {one.fileno(), two.fileno()}
+        helpers = _children()  # e.g. multiprocessing's forkserver, from earlier tests
+        gc.collect()
+        before = open_fds()
+        faults: list[str] = []
+
+        def check(trial: Trial[SharedChild[bytes]]) -> None:
+            if trial.result is not None:
+                with trial.result as child:
+                    child.kill()
+            left = _children() - helpers
+            for pid in left:
+                _reap(pid)
+            gc.collect()
+            assert not left, f"child left running: {trial.describe()}"
+            assert open_fds() == before, f"descriptors leaked: {trial.describe()}"
+            assert {one.fileno(), two.fileno()} == own
+            assert not any(is_closed(fd) for fd in own), f"memory closed: {trial.describe()}"
+            if trial.where is not None:
+                faults.append(trial.where)
+
+        lines = inject_at_each_line(
+            lambda: spawn(["sleep", "60"], inherit=[one, two], stdout=subprocess.PIPE),
+            [_spawn.__file__],
+            check,
+        )
+    assert lines == len(faults) > 10  # the loop, the environment, Popen, the return
 
 
 def child_environ(
