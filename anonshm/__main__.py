@@ -5,4 +5,6 @@ from __future__ import annotations
 from ._cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Usage and errors name the command as it was typed; the console script
+    # (anonshm.__main__:main) calls main() with its own default, "anonshm".
+    raise SystemExit(main(prog="python -m anonshm"))

@@ -8,7 +8,7 @@ import platform
 import subprocess
 import sys
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from . import __version__, _linux, _memory, _ps
 from ._memory import AnonymousMemory
@@ -130,9 +130,69 @@ def _hugetlb() -> str:
     return "not in this kernel"
 
 
+_THP: Final = "/sys/kernel/mm/transparent_hugepage"
+# What each shmem_enabled setting does to memfd memory (the kernel's "shmem"), and so
+# whether map(hugepages=True), which only advises (MADV_HUGEPAGE), gets huge pages.
+_SHMEM_HUGEPAGES: Final = {
+    "advise": "only map(hugepages=True) gets huge pages",
+    "always": "every map gets huge pages, map(hugepages=True) or not",
+    "within_size": "huge pages where whole ones fit in the memory; map(hugepages=True): all of it",
+    "never": "no huge pages: map(hugepages=True) is ignored (advise would honour it)",
+    "deny": "no huge pages for any shmem, map(hugepages=True) or not (an emergency switch)",
+    "force": "huge pages for all shmem, map(hugepages=True) or not (a testing switch)",
+}
+
+
+def _bracketed(text: str) -> str | None:
+    """The chosen word of a sysfs setting ("always [advise] never" -> "advise")."""
+    return next((word[1:-1] for word in text.split() if word.startswith("[")), None)
+
+
+def _shmem_hugepages(
+    shmem_enabled: str | None, pmd_enabled: str | None, pmd_size: str = "hugepages-2048kB"
+) -> tuple[str, str]:
+    """``(setting, what it means for map(hugepages=True))``, from the sysfs texts.
+
+    Args:
+        shmem_enabled: the text of ``shmem_enabled`` (None: the kernel has none).
+        pmd_enabled: the text of ``<pmd_size>/shmem_enabled``, the huge page size's own
+            setting (Linux >= 6.11 has one per size; ``inherit`` follows the global
+            one), or None.
+        pmd_size: the directory of the size that ``MADV_HUGEPAGE`` asks for.
+    """
+    setting = None if shmem_enabled is None else _bracketed(shmem_enabled)
+    if setting is None:
+        return (
+            "unavailable",
+            "map(hugepages=True) gets no huge pages: this kernel has none for shmem",
+        )
+    label = setting
+    own = None if pmd_enabled is None else _bracketed(pmd_enabled)
+    # deny and force overrule every size's own setting; otherwise the size's own wins.
+    if setting not in ("deny", "force") and own not in (None, "inherit"):
+        label = f"{own} (from {pmd_size}; the global shmem_enabled says {setting})"
+        setting = own
+    meaning = _SHMEM_HUGEPAGES.get(setting, "a setting anonshm does not know")
+    return label, meaning
+
+
+def _read_or_none(path: str) -> str | None:
+    try:
+        with open(path) as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+def _thp_shmem() -> tuple[str, str]:
+    size = (_read_or_none(f"{_THP}/hpage_pmd_size") or "").strip()
+    pmd_size = f"hugepages-{int(size) // 1024}kB" if size.isdigit() else "hugepages-2048kB"
+    pmd_enabled = _read_or_none(f"{_THP}/{pmd_size}/shmem_enabled")
+    return _shmem_hugepages(_read_or_none(f"{_THP}/shmem_enabled"), pmd_enabled, pmd_size)
+
+
 def _info(_: argparse.Namespace) -> int:
     sealed, noexec, frozen = _probe_seals()
-    thp = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
     print("anonshm", __version__)
     _feature("python", platform.python_version())
     _feature("kernel", f"{platform.system()} {platform.release()} ({platform.machine()})")
@@ -142,15 +202,32 @@ def _info(_: argparse.Namespace) -> int:
     _feature("no-exec seal (MFD_NOEXEC_SEAL)", "yes" if noexec else "no (Linux < 6.3)")
     _feature("freeze (F_SEAL_FUTURE_WRITE)", "yes" if frozen else "no (Linux < 5.1)")
     _feature("hugetlb", _hugetlb())
-    _feature("transparent hugepages for shmem", _read(thp))
+    setting, meaning = _thp_shmem()
+    _feature("transparent hugepages for shmem", setting)
+    _feature("", meaning)
     tmp = tempfile.gettempdir()
     _feature(f"O_TMPFILE in {tmp}", _probe_tmpfile(tmp))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m anonshm", description=__doc__)
+_DESCRIPTION: Final = (
+    "Anonymous shared memory, handed from a parent to the processes it chooses. "
+    "demo hands memory to a child both ways (inherited, and by token) and shows it "
+    "live; info reports the backend and what this kernel offers; ps lists the "
+    "anonymous memories that processes hold."
+)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "anonshm") -> int:
+    """Run the command line; return the exit status.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+        prog: the name usage and errors show: ``anonshm`` for the console script,
+            ``python -m anonshm`` when run as a module.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"anonshm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="hand memory to a child by both protocols, live")
     demo.add_argument("--child", choices=["first", "second"], help=argparse.SUPPRESS)

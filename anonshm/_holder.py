@@ -39,11 +39,21 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Final
 
-__all__ = ["Holder", "State"]
+__all__ = ["Holder", "State", "close_all"]
 
 State = tuple[int, int]  # (descriptor, protection): read together, replaced together
 
 _CLOSED: "Final" = "I/O operation on a closed AnonymousMemory"
+
+
+def close_all(pending: list[int]) -> None:
+    """Close what a failed call still owns (``pending`` is empty once a holder took it).
+
+    Safe to call again after an interruption: each descriptor leaves the list in the
+    line that closes it.
+    """
+    while pending:
+        os.close(pending.pop())  # one line: popped and closed together
 
 
 class _Net:

@@ -9,7 +9,7 @@ import sys
 from _weakref import ref
 
 from ._errors import AnonShmError, InheritError, TokenError
-from ._holder import Holder
+from ._holder import Holder, close_all
 from ._map import MemoryMap, final
 from ._wire import (
     INHERIT_VARIABLE,
@@ -71,12 +71,6 @@ def _check_size(value: object) -> int:
     if size > _MAX_SIZE:
         raise ValueError(f"size {size} is more than a file offset can hold ({_MAX_SIZE})")
     return size
-
-
-def _close_all(pending: list[int]) -> None:
-    """Close what a failed call still owns (``pending`` is empty once a holder took it)."""
-    while pending:
-        os.close(pending.pop())  # one line: popped and closed together
 
 
 def _importable_name(recorded: str | None) -> str:
@@ -187,7 +181,7 @@ class AnonymousMemory:
                 os.close(pending.pop(0))  # the read-write one: never handed anywhere
             self._own(pending, size, name, prot)
         finally:
-            _close_all(pending)
+            close_all(pending)
 
     def _own(self, pending: list[int], size: int, name: str, protection: int) -> None:
         """Take the descriptor ``pending[-1]`` (the last step: see ``_holder``)."""
@@ -278,7 +272,7 @@ class AnonymousMemory:
                 ) from None
             return cls._adopt(pending, protection, error, what)
         finally:
-            _close_all(pending)
+            close_all(pending)
 
     @classmethod
     def from_token(cls, token: str) -> "Self":
@@ -560,7 +554,7 @@ class AnonymousMemory:
             twin._own(pending, self._size, self._name, wanted)
             return twin
         finally:
-            _close_all(pending)
+            close_all(pending)
 
     def freeze(self) -> None:
         """Make the memory read-only for every holder, for good; maps open now keep working.
@@ -617,7 +611,7 @@ class AnonymousMemory:
                         ) from exc
                 holder.replace(state, pending, READ_ONLY)
         finally:
-            _close_all(pending)
+            close_all(pending)
 
     def _handoff_fd(self, pending: list[int]) -> None:
         """Append a new close-on-exec duplicate of the descriptor to ``pending``.
@@ -741,7 +735,7 @@ class AnonymousMemory:
                 fixed_size=not allow_resizable,
             )
         finally:
-            _close_all(pending)
+            close_all(pending)
 
     def __enter__(self) -> "Self":
         if self.closed:

@@ -19,6 +19,7 @@ import sys
 from _thread import get_ident
 
 from ._errors import TokenError
+from ._holder import close_all
 from ._memory import AnonymousMemory
 from ._wire import check_protection
 
@@ -75,8 +76,7 @@ def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
         os.set_inheritable(pending[-1], False)
         return AnonymousMemory._adopt(pending, protection, TokenError, what, name=name)
     finally:
-        while pending:
-            os.close(pending.pop())
+        close_all(pending)
 
 
 def register(reduction: ModuleType) -> None:

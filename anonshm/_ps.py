@@ -304,13 +304,18 @@ def _table(memories: list[HeldMemory]) -> list[str]:
     return lines
 
 
+def _summary(memories: int, processes: int, whose: str) -> str:
+    """``"2 memories held by 1 of this user's processes"``, in the right number."""
+    return f"{memories} {'memory' if memories == 1 else 'memories'} held by {processes} of {whose}"
+
+
 def main(args: argparse.Namespace) -> int:
     """Print the anonymous memories held by this user's processes (``--all``: anyone's)."""
     memories = scan(all_users=args.all)
     whose = "processes this user may inspect" if args.all else "this user's processes"
     if memories:
         pids = {pid for held in memories for pid in held.pids}
-        lines = [*_table(memories), f"{len(memories)} memories held by {len(pids)} of {whose}"]
+        lines = [*_table(memories), _summary(len(memories), len(pids), whose)]
     else:
         lines = [f"no anonymous memory (memfd) is held by {whose}"]
     sys.stdout.write("\n".join(lines) + "\n")

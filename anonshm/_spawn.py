@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import ExitStack
-from typing import IO, TYPE_CHECKING, AnyStr, Generic, Literal, TypedDict, final, overload
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    AnyStr,
+    Generic,
+    Literal,
+    TypedDict,
+    cast,
+    final,
+    overload,
+)
 
+from ._holder import close_all
 from ._memory import AnonymousMemory
 from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
 
@@ -22,6 +33,10 @@ __all__ = ["PopenOptions", "SharedChild", "spawn"]
 _Arg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 _Args = _Arg | Sequence[_Arg]
 _File = int | IO[bytes] | IO[str] | None
+_Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+# As typeshed types Popen's env: keyed by str (os.environ) or by bytes (os.environb).
+_Env = Mapping[str, _Path] | Mapping[bytes, _Path]
+_INHERIT_VARIABLE_BYTES = os.fsencode(INHERIT_VARIABLE)
 Inherit = Iterable[AnonymousMemory] | Mapping[str, AnonymousMemory]
 
 
@@ -51,7 +66,7 @@ class PopenOptions(TypedDict, total=False):
     close_fds: bool
     pass_fds: Collection[int]
     cwd: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None
-    env: Mapping[str, str] | None
+    env: _Env | None
     restore_signals: bool
     start_new_session: bool
     user: str | int | None
@@ -138,8 +153,14 @@ class SharedChild(Generic[AnyStr]):
 
     def communicate(
         self, input: AnyStr | None = None, timeout: float | None = None
-    ) -> tuple[AnyStr | None, AnyStr | None]:
-        """Send ``input``, read stdout and stderr to the end, wait (as ``Popen``)."""
+    ) -> tuple[Any, Any]:
+        """Send ``input``, read stdout and stderr to the end, wait (as ``Popen``).
+
+        Each is ``None`` unless its pipe was asked for (``stdout=subprocess.PIPE``).
+        """
+        # Any, as typeshed types Popen.communicate: whether each is None depends on
+        # the pipes chosen at the call, which no checker follows to here, and an
+        # Optional would make every `communicate()[0].strip()` an error.
         return self._popen.communicate(input, timeout)
 
     def send_signal(self, sig: int) -> None:
@@ -178,11 +199,6 @@ class SharedChild(Generic[AnyStr]):
         return f"<SharedChild pid={self.pid} returncode={self.returncode} inherited=[{names}]>"
 
 
-def _close_all(fds: list[int]) -> None:
-    while fds:
-        os.close(fds.pop())
-
-
 def _entries(inherit: Inherit) -> list[tuple[str, AnonymousMemory]]:
     if isinstance(inherit, AnonymousMemory):
         raise TypeError("inherit takes an iterable of memories: write inherit=[mem]")
@@ -198,9 +214,67 @@ def _entries(inherit: Inherit) -> list[tuple[str, AnonymousMemory]]:
         check_name(name)
         if name in entries:
             raise ValueError(f"two inherited memories are named {name!r}; names must be unique")
-        mem.fileno()  # a closed memory is a ValueError before anything is duplicated
+        try:
+            mem.fileno()  # refused before anything is duplicated or started
+        except ValueError:
+            raise ValueError(_closed(name)) from None
         entries[name] = mem
     return list(entries.items())
+
+
+def _closed(name: str) -> str:
+    return f"spawn cannot pass memory {name!r}: it is closed"
+
+
+def _duplicate(name: str, mem: AnonymousMemory, owned: list[int]) -> None:
+    """Append a new duplicate of ``mem``'s descriptor to ``owned`` (the caller's to close)."""
+    try:
+        mem._handoff_fd(owned)
+    except ValueError:  # closed by another thread since _entries looked
+        raise ValueError(_closed(name)) from None
+
+
+def _is_inherit_variable(key: object) -> bool:
+    if isinstance(key, str):
+        return key == INHERIT_VARIABLE
+    return isinstance(key, bytes) and key == _INHERIT_VARIABLE_BYTES
+
+
+def _copy_env(env: _Env) -> dict[Any, Any]:
+    """A copy of ``env``; of ``os.environ`` as it is at one instant, whatever other threads do."""
+    data = getattr(env, "_data", None) if isinstance(env, os._Environ) else None
+    if type(data) is dict:
+        # dict(os.environ) reads the variables one at a time, in Python: one that another
+        # thread deletes meanwhile makes it raise KeyError.  The dict underneath
+        # (bytes -> bytes on POSIX, for os.environ and os.environb alike) is copied in
+        # one C call, during which no other thread runs.
+        return data.copy()
+    return dict(env)
+
+
+def _child_env(env: _Env | None, passed: Mapping[str, int]) -> _Env:
+    """The child's environment: ``env`` (None: this one) with NSPR_INHERIT_FDS for ``passed``.
+
+    Always a copy, never None, even when nothing is to change: given None, Popen has
+    the child exec with the C library's environment as it is at the fork, and a
+    ``putenv`` in another thread at that instant hands it a half-rewritten array (the
+    exec fails with EFAULT: 19 to 30 of 300 plain ``Popen(["true"])`` calls, against a
+    thread setting and deleting variables).
+    """
+    copy = _copy_env(os.environ if env is None else env)
+    keyed_by_bytes = bool(copy) and all(isinstance(key, bytes) for key in copy)
+    # Every spelling goes: a child reads the first of two entries, so a stale
+    # b"NSPR_INHERIT_FDS" beside a fresh "NSPR_INHERIT_FDS" would win.
+    for key in [key for key in copy if _is_inherit_variable(key)]:
+        del copy[key]
+    if passed:  # in the form the other keys take
+        value = format_inherit_fds(list(passed.items()))
+        if keyed_by_bytes:
+            copy[_INHERIT_VARIABLE_BYTES] = os.fsencode(value)
+        else:
+            copy[INHERIT_VARIABLE] = value
+    # Keyed as the caller's env was: by str, by bytes, or (as Popen accepts) by both.
+    return cast("_Env", copy)
 
 
 @overload
@@ -272,7 +346,13 @@ def spawn(
     The child's environment gets ``NSPR_INHERIT_FDS`` in NSPR's form
     (``name:1:0x<fd>`` entries joined by ``:``), replacing any value this process
     inherited itself (removed when nothing is inherited); the child reads it with
-    :meth:`AnonymousMemory.inherited` or NSPR's ``PR_GetInheritedFD``.
+    :meth:`AnonymousMemory.inherited` or NSPR's ``PR_GetInheritedFD``.  The
+    environment is a copy of ``env`` (by default of ``os.environ``, taken at one
+    instant, so that other threads may change it meanwhile), keyed by ``str`` or by
+    ``bytes`` as ``env`` is (``os.environb``), with exactly one ``NSPR_INHERIT_FDS``.
+
+    If an exception (Ctrl-C) interrupts spawn, nothing is left open, and a child
+    already started is killed and reaped before the exception goes on.
 
     Args:
         args: the program and its arguments, as for ``subprocess.Popen``.
@@ -288,9 +368,9 @@ def spawn(
 
     Raises:
         TypeError: ``inherit`` holds something other than memories.
-        ValueError: two memories share a name, a name is invalid, a memory is closed,
-            or ``close_fds=False`` is asked with memories to pass (it would hand the
-            child every inheritable descriptor besides).
+        ValueError: two memories share a name, a name is invalid, a memory is closed
+            (the message names it), or ``close_fds=False`` is asked with memories to
+            pass (it would hand the child every inheritable descriptor besides).
         OSError: the child could not be started (as ``Popen``).
 
     Example:
@@ -303,23 +383,34 @@ def spawn(
     entries = _entries(inherit)
     if entries and popen_kwargs.get("close_fds") is False:
         raise ValueError("spawn passes memories with pass_fds, which needs close_fds=True")
-    env = dict(os.environ if popen_kwargs.get("env") is None else popen_kwargs["env"])  # type: ignore[arg-type]
-    import subprocess  # noqa: PLC0415 - a child that only imports memory never pays for it
+    from subprocess import Popen  # noqa: PLC0415 - a child that only maps memory never pays for it
 
-    with ExitStack() as duplicates:
-        # Duplicates, taken under each memory's lock: a close in another thread while
-        # the child starts cannot slip it some other file under a reused number.
+    # Who owns what, whatever line an exception (Ctrl-C) lands on: each duplicate is in
+    # `duplicates` from the line that makes it, and the child is in `started` from the
+    # line that starts it, until it is returned.  Not a `with` block: the line that
+    # leaves one can take the exception before __exit__ runs.  Closing them twice is
+    # safe: _close_all takes each descriptor out of the list as it closes it.
+    duplicates: list[int] = []
+    started: list[Popen[Any]] = []
+    try:
         passed: dict[str, int] = {}
         for name, mem in entries:
-            owned: list[int] = []
-            duplicates.callback(_close_all, owned)  # before the duplicate exists
-            mem._handoff_fd(owned)
-            passed[name] = owned[0]
-        if passed:
-            env[INHERIT_VARIABLE] = format_inherit_fds(list(passed.items()))
-        else:
-            env.pop(INHERIT_VARIABLE, None)
-        popen_kwargs["env"] = env
+            _duplicate(name, mem, duplicates)
+            passed[name] = duplicates[-1]
+        popen_kwargs["env"] = _child_env(popen_kwargs.get("env"), passed)
         popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), *passed.values())
-        popen = subprocess.Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs)
-    return SharedChild(popen, passed)
+        # One line: a statement spread over several has a line between the start and
+        # the append, where the exception could land and lose the child.
+        started.append(Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs))
+        close_all(duplicates)  # the child holds its own copies now
+        return SharedChild(started[0], passed)
+    except BaseException:
+        close_all(duplicates)
+        for popen in started:  # started, but never to be seen: it must not run on
+            _kill_and_reap(popen)
+        raise
+
+
+def _kill_and_reap(popen: subprocess.Popen[Any]) -> None:
+    with popen:  # closes the pipes, then waits
+        popen.kill()

@@ -64,14 +64,24 @@ class Interrupted(BaseException):
     """What the injected 'Ctrl-C' raises: a BaseException, as KeyboardInterrupt is."""
 
 
+def _close(result: object) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
 def run_interrupted_at(
-    line: int, call: Callable[[], object], action: Callable[[], None]
+    line: int,
+    call: Callable[[], object],
+    action: Callable[[], None],
+    dispose: Callable[[object], None] = _close,
 ) -> tuple[bool, type[BaseException] | None]:
     """Run ``call()``, calling ``action`` at its ``line``-th line inside anonshm.
 
     Returns whether the action ran (False: the call completed in fewer lines) and the
-    type of what the trial raised (None if it returned).  Whatever the call returned
-    and the exception itself are dropped, and garbage collected, before this returns,
+    type of what the trial raised (None if it returned).  What the call returned is
+    given to ``dispose`` (by default its ``close()`` is called); it and the exception
+    are dropped, and garbage collected, before this returns,
     so that a test can count descriptors right after.  The safety net may close what
     an interrupted call dropped (with a ``ResourceWarning``, ignored here): that is
     not a leak, since the descriptor is closed by then.
@@ -106,9 +116,7 @@ def run_interrupted_at(
         finally:
             sys.settrace(previous)
         if outcome is None:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            dispose(result)
             del result
         gc.collect()
     return fired, outcome
@@ -123,6 +131,7 @@ def each_line(
     setup: Callable[[], Callable[[], object]],
     action: Callable[[], None],
     check: Callable[[type[BaseException] | None], None],
+    dispose: Callable[[object], None] = _close,
 ) -> int:
     """Interrupt a call with ``action`` at each of its lines in turn; ``check`` after each.
 
@@ -131,7 +140,7 @@ def each_line(
     the number of lines interrupted, so a test can assert the operation was traced.
     """
     for line in range(1, MAX_LINES):
-        fired, outcome = run_interrupted_at(line, setup(), action)
+        fired, outcome = run_interrupted_at(line, setup(), action, dispose)
         check(outcome)
         if not fired:
             return line - 1

@@ -14,7 +14,7 @@ import pytest
 
 from anonshm import AnonymousMemory, spawn
 from anonshm._cli import main as cli_main
-from anonshm._ps import HeldMemory, Holder, scan
+from anonshm._ps import HeldMemory, Holder, _summary, scan
 from tests.conftest import child_env, mapping_lines, python_child, run_child
 
 if TYPE_CHECKING:
@@ -243,3 +243,49 @@ def test_an_unprivileged_user_sees_only_its_own_and_maps_reveal_no_size() -> Non
     [row] = [line for line in table if line.startswith(name)]
     assert row.split()[1:3] == ["?", "?"]
     assert row.endswith(f"{pid} {os.path.basename(sys.executable)[:15]}: 1 map")
+
+
+@pytest.mark.parametrize(
+    ("memories", "processes", "summary"),
+    [
+        (1, 1, "1 memory held by 1 of this user's processes"),
+        (2, 1, "2 memories held by 1 of this user's processes"),
+        (21, 3, "21 memories held by 3 of this user's processes"),
+    ],
+)
+def test_the_summary_counts_in_the_right_number(
+    memories: int, processes: int, summary: str
+) -> None:
+    assert _summary(memories, processes, "this user's processes") == summary
+
+
+# A user nobody else is: every memory this user's processes hold is the child's own.
+_LONE_USER = """
+    import os, sys
+    from anonshm._cli import main
+
+    uid = int(sys.argv[1])
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+    fds = []
+    for count in (1, 2):
+        fds.append(os.memfd_create(f"ps-lone-{count}", os.MFD_CLOEXEC))
+        main(["ps"])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become a user of its own")
+def test_ps_says_1_memory_and_2_memories() -> None:
+    taken: set[int] = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):  # exited meanwhile
+            with open(f"/proc/{pid}/status") as status:
+                taken.update(int(line.split()[1]) for line in status if line.startswith("Uid:"))
+    uid = next(uid for uid in range(3_000_000_000 + os.getpid(), 2**32 - 2) if uid not in taken)
+    out = run_child(_LONE_USER, str(uid)).stdout.splitlines()
+    summaries = [line for line in out if " held by " in line]
+    assert summaries == [
+        "1 memory held by 1 of this user's processes",
+        "2 memories held by 1 of this user's processes",
+    ]

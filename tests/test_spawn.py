@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from subprocess import PIPE
+from typing import TYPE_CHECKING, Any, assert_type
 
 import pytest
 
-from anonshm import AnonymousMemory, InheritError, Protection, SharedChild, TokenError, spawn
-from tests.conftest import child_env, is_closed, python_child
+from anonshm import (
+    AnonymousMemory,
+    InheritError,
+    Protection,
+    SharedChild,
+    TokenError,
+    spawn,
+)
+from tests._faults import Interrupted, each_line, raise_interrupted, where
+from tests.conftest import child_env, is_closed, open_fds, python_child
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -183,11 +195,14 @@ def test_bad_mapping_names_are_refused() -> None:
             spawn(["true"], inherit={3: mem})  # type: ignore[arg-type]
 
 
-def test_a_closed_memory_cannot_be_inherited() -> None:
-    mem = AnonymousMemory(8)
+def test_a_closed_memory_cannot_be_inherited_and_is_named(no_leaks: None) -> None:
+    mem = AnonymousMemory(8, name="x")
     mem.close()
-    with pytest.raises(ValueError, match="closed"):
-        spawn(["true"], inherit=[mem])
+    with AnonymousMemory(8, name="open") as other:
+        with pytest.raises(ValueError, match=r"^spawn cannot pass memory 'x': it is closed$"):
+            spawn(["true"], inherit=[other, mem])
+        with pytest.raises(ValueError, match=r"^spawn cannot pass memory 'key': it is closed$"):
+            spawn(["true"], inherit={"first": other, "key": mem})
 
 
 def test_child_outlives_the_parents_close() -> None:
@@ -368,3 +383,168 @@ def test_close_fds_false_with_memories_is_refused() -> None:
 def test_a_spawn_leaves_no_duplicate_behind(no_leaks: None) -> None:
     with AnonymousMemory(8) as mem, spawn(["true"], inherit=[mem]) as child:
         child.wait(timeout=60)
+
+
+def _children() -> set[int]:
+    """This process's children, reaped or not (zombies are listed until reaped)."""
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as children:
+            pids.update(int(pid) for pid in children.read().split())
+    return pids
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # a zombie already
+    os.waitpid(pid, 0)
+
+
+def test_ctrl_c_at_any_line_of_spawn_leaks_nothing_and_closes_nothing_foreign() -> None:
+    # Every line of anonshm that spawn runs gets a KeyboardInterrupt in turn.  Whatever
+    # line it lands on, the duplicates are closed, the memories stay open, and a child
+    # that was started but cannot be returned is killed and reaped.
+    with AnonymousMemory(8, name="one") as one, AnonymousMemory(8, name="two") as two:
+        own = {one.fileno(), two.fileno()}
+        helpers = _children()  # e.g. multiprocessing's forkserver, from earlier tests
+        gc.collect()
+        before = open_fds()
+        outcomes: list[type[BaseException] | None] = []
+
+        def dispose(result: object) -> None:
+            assert isinstance(result, SharedChild)
+            with result as child:
+                child.kill()
+
+        def check(outcome: type[BaseException] | None) -> None:
+            left = _children() - helpers
+            for pid in left:
+                _reap(pid)
+            assert outcome in (None, Interrupted), f"raised {outcome} at {where}"
+            assert not left, f"child left running: interrupted at {where}"
+            assert open_fds() == before, f"descriptors leaked: interrupted at {where}"
+            assert {one.fileno(), two.fileno()} == own
+            assert not any(is_closed(fd) for fd in own), f"memory closed at {where}"
+            outcomes.append(outcome)
+
+        lines = each_line(
+            lambda: lambda: spawn(["sleep", "60"], inherit=[one, two], stdout=subprocess.PIPE),
+            raise_interrupted,
+            check,
+            dispose,
+        )
+    assert lines > 10  # the loop, the environment, Popen, the return
+    assert outcomes.count(Interrupted) == lines
+
+
+def child_environ(
+    inherit: list[AnonymousMemory], env: Mapping[str, str] | Mapping[bytes, bytes] | None
+) -> tuple[list[bytes], dict[str, int]]:
+    """The child's environment exactly as exec gave it (every entry, in order)."""
+    cat = shutil.which("cat")
+    assert cat is not None
+    with spawn([cat, "/proc/self/environ"], inherit=inherit, env=env, stdout=PIPE) as child:
+        out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    return out.split(b"\0")[:-1], dict(child.inherited)
+
+
+def inherit_entries(environ: list[bytes]) -> list[bytes]:
+    return [entry for entry in environ if entry.startswith(b"NSPR_INHERIT_FDS=")]
+
+
+def test_os_environb_gets_one_fresh_entry_or_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NSPR_INHERIT_FDS", "stale:1:0x63")
+    monkeypatch.setenv("ANONSHM_KEPT", "yes")
+    with AnonymousMemory(8, name="fresh") as mem:
+        environ, fds = child_environ([mem], os.environb)
+    assert inherit_entries(environ) == [f"NSPR_INHERIT_FDS=fresh:1:0x{fds['fresh']:x}".encode()]
+    assert b"ANONSHM_KEPT=yes" in environ
+    environ, _ = child_environ([], os.environb)
+    assert inherit_entries(environ) == []
+    assert b"ANONSHM_KEPT=yes" in environ
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {b"NSPR_INHERIT_FDS": b"stale:1:0x63", b"OTHER": b"kept"},
+        {"NSPR_INHERIT_FDS": "stale:1:0x63", "OTHER": "kept"},
+        {b"NSPR_INHERIT_FDS": b"stale:1:0x63", "NSPR_INHERIT_FDS": "stale:1:0x64", "OTHER": "kept"},
+        {"NSPR_INHERIT_FDS": "stale:1:0x63", b"OTHER": b"kept"},
+        {b"OTHER": b"kept"},
+    ],
+    ids=["bytes", "str", "both-forms", "mixed-keys", "bytes-without"],
+)
+def test_any_environment_ends_with_one_right_entry(env: dict[Any, Any]) -> None:
+    original = dict(env)
+    with AnonymousMemory(8, name="fresh") as mem:
+        environ, fds = child_environ([mem], env)
+        assert inherit_entries(environ) == [f"NSPR_INHERIT_FDS=fresh:1:0x{fds['fresh']:x}".encode()]
+        assert b"OTHER=kept" in environ
+        environ, _ = child_environ([], env)
+        assert inherit_entries(environ) == []
+        assert b"OTHER=kept" in environ
+    assert env == original  # the caller's mapping is left as it was
+
+
+def test_a_stale_variable_in_os_environ_is_removed_without_memories(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NSPR_INHERIT_FDS", "stale:1:0x63")
+    monkeypatch.setenv("ANONSHM_KEPT", "yes")
+    environ, _ = child_environ([], None)
+    assert inherit_entries(environ) == []
+    assert b"ANONSHM_KEPT=yes" in environ
+
+
+def _churn(stop: threading.Event) -> None:
+    """Set and delete variables as fast as one thread can, until ``stop``."""
+    names = [f"ANONSHM_CHURN_{index}" for index in range(64)]
+    while not stop.is_set():
+        for name in names:
+            os.environ[name] = "x"
+        for name in names:
+            del os.environ[name]
+
+
+@pytest.mark.parametrize("with_memory", [False, True], ids=["no-memory", "memory"])
+def test_another_thread_changing_the_environment_never_makes_spawn_raise(
+    with_memory: bool,
+) -> None:
+    # Copying os.environ key by key raised KeyError (14 in 300); handing Popen env=None
+    # made the exec fail with EFAULT (53 in 300: the C environment, half rewritten by
+    # the other thread's putenv at the fork).
+    tries, failures = 300, list[Exception]()
+    stop = threading.Event()
+    churn = threading.Thread(target=_churn, args=(stop,))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: inside the copy, if it can be split
+    with AnonymousMemory(8, name="racy") as mem:
+        inherit = [mem] if with_memory else []
+        churn.start()
+        try:
+            for _ in range(tries):
+                try:
+                    with spawn(["true"], inherit=inherit) as child:
+                        child.wait(timeout=60)
+                except (KeyError, OSError) as exc:
+                    failures.append(exc)
+        finally:
+            stop.set()
+            churn.join()
+            sys.setswitchinterval(interval)
+    assert failures == [], f"{len(failures)} of {tries} spawns raised: {failures[:3]}"
+
+
+def test_communicate_and_env_are_typed_as_popens() -> None:
+    # mypy --strict checks this file: communicate() is tuple[Any, Any] as typeshed's
+    # Popen.communicate (the docstring's `communicate()[0].strip()` needs no narrowing
+    # from an Optional), and env takes a bytes-keyed environment as Popen does.
+    with spawn(["echo", "hi"], stdout=subprocess.PIPE, env=os.environb) as child:
+        result = child.communicate(timeout=30)
+    assert_type(result, tuple[Any, Any])
+    assert result[0].strip() == b"hi"
+    assert result[1] is None
