@@ -201,11 +201,14 @@ class AnonymousMemory:
         name: str | None = None,
         size: int | None = None,
         fixed_size: bool = False,
+        handed: bool = False,
     ) -> "Self":
         """Own ``pending[-1]`` (this process's own descriptor) once it proves to be memory.
 
         On failure ``error`` is raised, naming ``what`` was imported; the caller's
-        ``finally`` closes what is still in ``pending``.
+        ``finally`` closes what is still in ``pending``.  ``handed``: the protection
+        is what the sender's handle had when it sent (a socket, multiprocessing), and a
+        memory it froze since arrives READ_ONLY; a token's asks for itself instead.
         """
         fd = pending[-1]
         try:
@@ -239,7 +242,9 @@ class AnonymousMemory:
         elif protection == READ_WRITE and not writable:
             raise error(f"{what} asks READ_WRITE, but the descriptor is read-only")
         elif protection == READ_WRITE and frozen:
-            raise error(f"{what} asks READ_WRITE, but the memory is frozen")
+            if not handed:
+                raise error(f"{what} asks READ_WRITE, but the memory is frozen")
+            protection = READ_ONLY  # frozen after it was sent: no holder may write now
         if name is None:
             name = _importable_name(_backend.kernel_name(fd))
         if writable and protection != READ_WRITE:
@@ -733,6 +738,7 @@ class AnonymousMemory:
                 name=name,
                 size=size,
                 fixed_size=not allow_resizable,
+                handed=True,
             )
         finally:
             close_all(pending)

@@ -74,7 +74,7 @@ def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
     try:
         pending.append(dup.detach())
         os.set_inheritable(pending[-1], False)
-        return AnonymousMemory._adopt(pending, protection, TokenError, what, name=name)
+        return AnonymousMemory._adopt(pending, protection, TokenError, what, name=name, handed=True)
     finally:
         close_all(pending)
 

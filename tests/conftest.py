@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -74,6 +75,28 @@ def run_child(
     )
     assert result.returncode == 0, f"child failed ({result.returncode}):\n{result.stderr}"
     return result
+
+
+def need_root_and_unshare() -> str:
+    """The path of unshare; skip (fail on CI) when this machine cannot run the test."""
+    unshare = shutil.which("unshare")
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root to mount in a private mount namespace"
+    elif unshare is None:
+        reason = "needs unshare (util-linux) for a private mount namespace"
+    else:
+        probe = subprocess.run(
+            [unshare, "-m", "true"], capture_output=True, text=True, timeout=30, check=False
+        )
+        if probe.returncode != 0:
+            reason = f"unshare -m is not allowed here: {probe.stderr.strip()}"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs as root with util-linux installed, yet: {reason}")
+        pytest.skip(reason)
+    assert unshare is not None
+    return unshare
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 import pytest
 
 from anonshm import AnonymousMemory, Protection, spawn
-from tests.conftest import child_env, python_child
+from tests.conftest import child_env, need_root_and_unshare, python_child
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 SIZE = 2 * mmap.PAGESIZE + 100
 F_SEAL_FUTURE_WRITE = 0x10
@@ -351,3 +351,138 @@ def test_readers_see_what_the_creators_earlier_map_writes_after_the_freeze() -> 
             assert child.stdout.readline().strip() == "again"
             child.stdin.close()
             assert child.wait(timeout=60) == 0
+
+
+def test_a_freeze_at_any_line_of_send_never_announces_what_the_descriptor_is_not() -> None:
+    # send() takes the descriptor and the protection it announces together: a freeze
+    # (in another thread, or a signal handler) at any line of it leaves the receiver
+    # with a memory that matches what it was told, never a refused good memory.
+    from tests._faults import each_line
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    state: dict[str, AnonymousMemory] = {}
+    try:
+
+        def setup() -> Callable[[], object]:
+            mem = state["mem"] = AnonymousMemory(SIZE, name="raced")
+            return lambda: mem.send(left)
+
+        def check(outcome: type[BaseException] | None) -> None:
+            assert outcome is None
+            with AnonymousMemory.receive(right) as got:
+                assert got.name == "raced"
+                if got.protection is Protection.READ_WRITE:
+                    with got.map() as view:
+                        view[:1] = b"w"  # not frozen when it was sent
+                else:
+                    assert got.frozen
+            state["mem"].close()
+
+        def freeze() -> None:
+            state["mem"].freeze()
+
+        assert each_line(setup, freeze, check) >= 3
+    finally:
+        left.close()
+        right.close()
+
+
+def test_send_racing_freeze_in_threads_is_never_refused() -> None:
+    import threading
+
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    refused = 0
+    try:
+        for _ in range(1000):
+            with AnonymousMemory(SIZE, name="raced") as mem:
+                freezer = threading.Thread(target=mem.freeze)
+                freezer.start()
+                mem.send(left)
+                freezer.join()
+                try:
+                    AnonymousMemory.receive(right).close()
+                except Exception:
+                    refused += 1
+    finally:
+        left.close()
+        right.close()
+    assert refused == 0
+
+
+# freeze() is all or nothing: everything that can fail comes before the seal.
+FREEZE_FAILS = """
+    import errno, json, os, resource, sys
+    from anonshm import AnonymousMemory
+
+    mem = AnonymousMemory(4096, name="kept")
+    filler = []
+    if sys.argv[1] == "emfile":
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        try:
+            while True:
+                filler.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+    else:  # no /proc in this private mount namespace
+        import subprocess
+        subprocess.run(["mount", "-t", "tmpfs", "none", "/proc"], check=True)
+    report = {}
+    try:
+        mem.freeze()
+    except OSError as exc:
+        report["error"] = [errno.errorcode[exc.errno], str(exc)]
+    for fd in filler:  # room again for what the report imports
+        os.close(fd)
+    report["frozen"] = mem.frozen
+    report["protection"] = mem.protection.name
+    with mem.map() as view:
+        view[:5] = b"still"
+        report["writable"] = view[:5] == b"still"
+    if sys.argv[1] == "noproc":
+        try:
+            AnonymousMemory(4096, protection=0)
+        except OSError as exc:
+            report["read_only_create"] = [errno.errorcode[exc.errno], str(exc)]
+    print(json.dumps(report))
+"""
+
+
+def _freeze_fails(how: str, *prefix: str) -> dict[str, object]:
+    done = subprocess.run(
+        [*prefix, *python_child(FREEZE_FAILS, how)],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report: dict[str, object] = json.loads(done.stdout)
+    return report
+
+
+def test_a_freeze_without_descriptors_left_changes_nothing() -> None:
+    report = _freeze_fails("emfile")
+    assert report["error"][0] == "EMFILE"  # type: ignore[index]
+    assert (report["frozen"], report["protection"], report["writable"]) == (
+        False,
+        "READ_WRITE",
+        True,
+    )
+
+
+@pytest.mark.root
+def test_a_freeze_without_proc_changes_nothing_and_names_proc() -> None:
+    unshare = need_root_and_unshare()
+    report = _freeze_fails("noproc", unshare, "-m", "--propagation", "private")
+    code, message = report["error"]  # type: ignore[misc]
+    assert code == "ENOENT"
+    assert "/proc is not mounted" in message
+    assert (report["frozen"], report["protection"], report["writable"]) == (
+        False,
+        "READ_WRITE",
+        True,
+    )
+    code, message = report["read_only_create"]  # type: ignore[misc]
+    assert (code, "/proc is not mounted" in message) == ("ENOENT", True)

@@ -9,6 +9,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import pickle
+import sys
 from multiprocessing import resource_sharer
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from tests._mp_workers import Seen, touch, touch_and_report, touch_slot
 from tests.conftest import run_child
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 # Python >= 3.12 warns when forking a process that has threads (pytest's, a pool's);
 # the fork start method is what is under test here, so that warning is expected.
@@ -241,3 +242,78 @@ def test_anonshm_imported_afresh_leaves_one_hook_and_multiprocessing_imports() -
         print(len(marked), registered)
     """
     assert run_child(code).stdout.split() == ["1", "True"]
+
+
+def test_a_close_at_any_line_of_the_reducer_never_sends_another_memory() -> None:
+    # A pool pickles its arguments in a thread of its own, so the submitter's close()
+    # and a new memory (which may reuse the number) can land at any line of the
+    # reducer.  Whatever the line, what arrives is the memory passed, or the clear
+    # "closed before multiprocessing sent it" error: never the other memory.
+    from multiprocessing.reduction import ForkingPickler
+
+    from tests._faults import each_line
+
+    state: dict[str, AnonymousMemory] = {}
+    others: list[AnonymousMemory] = []
+    payloads: list[bytes] = []
+
+    def setup() -> Callable[[], object]:
+        mem = state["mem"] = AnonymousMemory(4096, name="passed")
+        with mem.map() as view:
+            view[:6] = b"passed"
+        return lambda: payloads.append(bytes(ForkingPickler.dumps(mem)))
+
+    def handler() -> None:
+        state["mem"].close()
+        other = AnonymousMemory(4096, name="other")
+        with other.map() as view:
+            view[:5] = b"other"
+        others.append(other)
+
+    def check(outcome: type[BaseException] | None) -> None:
+        assert outcome in (None, ValueError), outcome
+        state["mem"].close()
+        for payload in payloads:
+            with pickle.loads(payload) as got, got.map(length=6) as view:
+                assert (got.name, view[:6]) == ("passed", b"passed")
+        payloads.clear()
+        for other in others:
+            other.close()
+        others.clear()
+
+    assert each_line(setup, handler, check) >= 3
+
+
+def test_a_pool_task_gets_the_memory_passed_even_when_it_is_closed_right_after() -> None:
+    # The same race, for real: apply_async, close at once, open another memory.  A
+    # short switch interval lets the pool's thread run between any two bytecodes.
+    wrong = refused = delivered = 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        delivered, refused, wrong = _pool_race(5000)
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == 0
+    assert delivered + refused == 5000  # every refusal was the clear one
+
+
+def _pool_race(tries: int) -> tuple[int, int, int]:
+    wrong = refused = delivered = 0
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        for index in range(tries):
+            mem = AnonymousMemory(4096 + index % 7, name=f"passed{index}")
+            result = pool.apply_async(touch, (mem, b""))
+            for _ in range(index % 300):  # closes at every moment of the pool's pickling
+                pass
+            mem.close()
+            other = AnonymousMemory(4096, name="other")
+            try:
+                seen = result.get(timeout=60)
+            except ValueError as exc:
+                refused += "was closed before multiprocessing sent it" in str(exc)
+            else:
+                delivered += 1
+                wrong += seen.name != f"passed{index}"
+            other.close()
+    return delivered, refused, wrong

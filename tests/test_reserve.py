@@ -19,7 +19,6 @@ import errno
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, NoReturn
 import pytest
 
 from anonshm import AnonymousMemory
-from tests.conftest import child_env
+from tests.conftest import child_env, need_root_and_unshare
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -94,33 +93,11 @@ IN_NAMESPACE = """
 """
 
 
-def _need_root_and_unshare() -> str:
-    """The path of unshare; skip (fail on CI) when this machine cannot run the test."""
-    unshare = shutil.which("unshare")
-    reason = None
-    if os.geteuid() != 0:
-        reason = "needs root to mount a tmpfs in a private mount namespace"
-    elif unshare is None:
-        reason = "needs unshare (util-linux) for a private mount namespace"
-    else:
-        probe = subprocess.run(
-            [unshare, "-m", "true"], capture_output=True, text=True, timeout=30, check=False
-        )
-        if probe.returncode != 0:
-            reason = f"unshare -m is not allowed here: {probe.stderr.strip()}"
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI runs as root with util-linux installed, yet: {reason}")
-        pytest.skip(reason)
-    assert unshare is not None
-    return unshare
-
-
 @pytest.mark.root
 def test_reserve_on_a_full_filesystem_fails_at_creation_instead_of_sigbus(
     tmp_path: Path,
 ) -> None:
-    unshare = _need_root_and_unshare()
+    unshare = need_root_and_unshare()
     mount = tmp_path / "small"
     mount.mkdir()
     done = subprocess.run(
@@ -422,7 +399,7 @@ def test_reserve_in_a_tmpfs_directory_counts_against_the_memory_cgroup(
     memory_cgroup: Callable[..., MemoryCgroup], tmp_path: Path
 ) -> None:
     # tmpfs pages are memory: the tmpfs has room for 256 MiB, the cgroup has not.
-    unshare = _need_root_and_unshare()
+    unshare = need_root_and_unshare()
     cgroup = memory_cgroup(64 * MIB)
     mount = tmp_path / "tmpfs"
     mount.mkdir()
