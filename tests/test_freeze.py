@@ -15,7 +15,7 @@ import mmap
 import os
 import socket
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -448,7 +448,7 @@ FREEZE_FAILS = """
 """
 
 
-def _freeze_fails(how: str, *prefix: str) -> dict[str, object]:
+def _freeze_fails(how: str, *prefix: str) -> dict[str, Any]:
     done = subprocess.run(
         [*prefix, *python_child(FREEZE_FAILS, how)],
         env=child_env(),
@@ -458,13 +458,13 @@ def _freeze_fails(how: str, *prefix: str) -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    report: dict[str, object] = json.loads(done.stdout)
+    report: dict[str, Any] = json.loads(done.stdout)
     return report
 
 
 def test_a_freeze_without_descriptors_left_changes_nothing() -> None:
     report = _freeze_fails("emfile")
-    assert report["error"][0] == "EMFILE"  # type: ignore[index]
+    assert report["error"][0] == "EMFILE"
     assert (report["frozen"], report["protection"], report["writable"]) == (
         False,
         "READ_WRITE",
@@ -476,7 +476,7 @@ def test_a_freeze_without_descriptors_left_changes_nothing() -> None:
 def test_a_freeze_without_proc_changes_nothing_and_names_proc() -> None:
     unshare = need_root_and_unshare()
     report = _freeze_fails("noproc", unshare, "-m", "--propagation", "private")
-    code, message = report["error"]  # type: ignore[misc]
+    code, message = report["error"]
     assert code == "ENOENT"
     assert "/proc is not mounted" in message
     assert (report["frozen"], report["protection"], report["writable"]) == (
@@ -484,5 +484,5 @@ def test_a_freeze_without_proc_changes_nothing_and_names_proc() -> None:
         "READ_WRITE",
         True,
     )
-    code, message = report["read_only_create"]  # type: ignore[misc]
+    code, message = report["read_only_create"]
     assert (code, "/proc is not mounted" in message) == ("ENOENT", True)
