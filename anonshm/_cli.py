@@ -10,7 +10,8 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Final
 
-from . import __version__, _linux, _memory, _ps
+from . import __version__, _ps
+from ._backend import backend
 from ._memory import AnonymousMemory
 from ._spawn import spawn
 
@@ -92,17 +93,23 @@ def _feature(label: str, value: object) -> None:
     print(f"  {label:<34} {value}")
 
 
-def _probe_seals() -> tuple[bool, bool, bool]:
-    """Whether memfd memory is sealed, carries the no-exec seal, and can be frozen."""
+def _probe_seals() -> tuple[bool, bool]:
+    """Whether new memory is sealed against resizing, and can be frozen."""
     with AnonymousMemory(1, name="anonshm-info") as mem:
-        seals = _linux.seals(mem.fileno())
-        sealed = seals & _linux.FIXED_SIZE_SEALS == _linux.FIXED_SIZE_SEALS
-        noexec = bool(_linux._memfd_flags & _linux.MFD_NOEXEC_SEAL)
+        sealed = mem.fixed_size
         try:
             mem.freeze()
         except Exception:  # reported, not raised: this is a probe
-            return sealed, noexec, False
-        return sealed, noexec, mem.frozen
+            return sealed, False
+        return sealed, mem.frozen
+
+
+def _noexec() -> str:
+    if sys.platform != "linux" or backend.FEATURES.name != "linux":
+        return "not a memfd"
+    from . import _linux  # noqa: PLC0415 - the Linux backend's own flag
+
+    return "yes" if _linux.memfd_flags() & _linux.MFD_NOEXEC_SEAL else "no (Linux < 6.3)"
 
 
 def _read(path: str) -> str:
@@ -114,8 +121,12 @@ def _read(path: str) -> str:
 
 
 def _probe_tmpfile(directory: str) -> str:
+    from ._unix import TMPFILE_FLAGS  # noqa: PLC0415 - POSIX only
+
+    if not TMPFILE_FLAGS & ~(os.O_RDWR | os.O_EXCL | os.O_CLOEXEC):
+        return "no (not on this platform): a random name, unlinked at once"
     try:
-        fd = os.open(directory, _linux.TMPFILE_FLAGS, 0o600)
+        fd = os.open(directory, TMPFILE_FLAGS, 0o600)
     except OSError as exc:
         return f"no ({exc.strerror}): a random name, unlinked at once"
     os.close(fd)
@@ -192,15 +203,16 @@ def _thp_shmem() -> tuple[str, str]:
 
 
 def _info(_: argparse.Namespace) -> int:
-    sealed, noexec, frozen = _probe_seals()
+    sealed, frozen = _probe_seals()
+    features = backend.FEATURES
     print("anonshm", __version__)
     _feature("python", platform.python_version())
     _feature("kernel", f"{platform.system()} {platform.release()} ({platform.machine()})")
-    _feature("backend", f"{_memory._backend.NAME}: {_memory._backend.DEFAULT_STRATEGY} by default")
-    _feature("memfd_create", "yes")
-    _feature("fixed size (seals grow/shrink)", "yes" if sealed else "no")
-    _feature("no-exec seal (MFD_NOEXEC_SEAL)", "yes" if noexec else "no (Linux < 6.3)")
-    _feature("freeze (F_SEAL_FUTURE_WRITE)", "yes" if frozen else "no (Linux < 5.1)")
+    _feature("backend", f"{features.name}: {features.creation}")
+    _feature("read-only descriptors", features.read_only)
+    _feature("fixed size (kernel-enforced)", "yes" if sealed else "no")
+    _feature("no-exec seal (MFD_NOEXEC_SEAL)", _noexec())
+    _feature("freeze (kernel-enforced)", "yes" if frozen else "no")
     _feature("hugetlb", _hugetlb())
     setting, meaning = _thp_shmem()
     _feature("transparent hugepages for shmem", setting)

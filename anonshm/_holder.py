@@ -33,6 +33,9 @@ import os
 from _warnings import warn  # what warnings.warn is, without importing warnings.py
 from _weakref import ref  # weakref.ref, without importing weakref.py
 
+from ._backend import backend
+from ._net import forget, watch, watched
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,9 +44,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Holder", "State", "close_all"]
 
-State = tuple[int, int]  # (descriptor, protection): read together, replaced together
+# (descriptor, protection, twin): read together, replaced together.  The twin is the
+# read-only descriptor a backend without /proc keeps beside a read-write one, or -1.
+State = tuple[int, int, int]
 
 _CLOSED: "Final" = "I/O operation on a closed AnonymousMemory"
+
+
+_close = backend.close
 
 
 def close_all(pending: list[int]) -> None:
@@ -53,47 +61,30 @@ def close_all(pending: list[int]) -> None:
     line that closes it.
     """
     while pending:
-        os.close(pending.pop())  # one line: popped and closed together
-
-
-class _Net:
-    """What a collected holder must close: its lists, never the holder itself."""
-
-    __slots__ = ("current", "label", "retired")
-
-    def __init__(self, current: list[State], retired: list[int], label: str) -> None:
-        self.current = current
-        self.retired = retired
-        self.label = label
-
-
-# Every holder alive: its weak reference -> what to close.  Read after fork and when a
-# holder is collected unclosed.
-_live: "dict[ref[Holder], _Net]" = {}
+        _close(pending.pop())  # one line: popped and closed together
 
 
 def _collected(
-    watcher: "ref[Holder]",
-    _live: "dict[ref[Holder], _Net]" = _live,
+    current: list[State],
+    retired: list[int],
+    label: str,
     _warn: "Callable[..., None]" = warn,
-    _close: "Callable[[int], None]" = os.close,
+    _close: "Callable[[int], None]" = _close,
 ) -> None:
-    # Defaults bind what interpreter teardown may already have cleared from the module.
-    try:
-        net = _live.pop(watcher, None)
-    except TypeError:  # a dead reference never hashed: the holder died before registering
+    # The safety net's callback: the holder is gone, its lists are not.  Defaults bind
+    # what interpreter teardown may already have cleared from the module.
+    fds = [fd for state in current for fd in state[::2] if fd >= 0]
+    fds += [fd for fd in retired if fd >= 0]
+    current.clear()
+    retired.clear()
+    if not fds:
         return
-    if net is None or not (net.current or net.retired):
-        return
-    fds = [state[0] for state in net.current] + net.retired
-    net.current.clear()
-    net.retired.clear()
     # Close first: with warnings as errors the warning raises, and the fds must go anyway.
     try:
         for fd in fds:
             _close(fd)
     finally:
-        _warn(f"unclosed AnonymousMemory {net.label!r} fd={fds[0]}", ResourceWarning)
+        _warn(f"unclosed AnonymousMemory {label!r} fd={fds[0]}", ResourceWarning)
 
 
 class _Borrow:
@@ -136,9 +127,9 @@ class Holder:
     """The descriptor of one handle, and what closes it when.
 
     Args:
-        pending: the caller's list whose last item is the descriptor; the holder takes
-            it out as its very last step, so until then the caller's ``finally``
-            closes it, and after that the holder does.
+        pending: the caller's list holding the descriptor (and its twin, after it);
+            the holder takes them out as its very last step, so until then the
+            caller's ``finally`` closes them, and after that the holder does.
         protection: the descriptor's protection (a plain int, see ``_wire``).
         label: the name shown by the safety net's warning.
     """
@@ -159,9 +150,9 @@ class Holder:
         self._users: list[ref[_Borrow]] = []
         self._retired: list[int] = []
         self._current: list[State] = []
-        self._watcher = ref(self, _collected)
-        _live[self._watcher] = _Net(self._current, self._retired, label)
-        self._current.append((pending.pop(), protection))  # last: ownership moves here
+        self._watcher = watch(self, _collected, self._current, self._retired, label)
+        # Last, in one line: ownership moves here.
+        self._current.append((pending.pop(0), protection, pending.pop() if pending else -1))
 
     @property
     def closed(self) -> bool:
@@ -181,21 +172,21 @@ class Holder:
         return _Borrow(self)
 
     def replace(self, old: State, pending: list[int], protection: int) -> bool:
-        """Swap ``old`` for the descriptor ``pending[-1]``; False if closed meanwhile.
+        """Swap ``old`` for the descriptor in ``pending``; False if closed meanwhile.
 
         Call it while borrowing ``old``.  The old descriptor is retired (closed once
         nobody borrows it); if the holder was closed meanwhile, the new one is too.
         """
         current = self._current
         # One line: moved from `pending` (both old and new present: readers see old).
-        current.append(new := (pending.pop(), protection))
+        current.append(new := (pending.pop(0), protection, pending.pop() if pending else -1))
         try:
             # Compare-and-swap: remove() fails if a close() or another replace() took
             # `old` meanwhile.  One line: removed and retired together (None or ...).
-            current.remove(old) or self._retired.append(old[0])  # type: ignore[func-returns-value]
+            current.remove(old) or self._retired.extend(old[::2])  # type: ignore[func-returns-value]
         except ValueError:
             try:
-                current.remove(new) or self._retired.append(new[0])  # type: ignore[func-returns-value]
+                current.remove(new) or self._retired.extend(new[::2])  # type: ignore[func-returns-value]
             except ValueError:
                 pass  # a close() took it, and retired it
             return False
@@ -211,7 +202,7 @@ class Holder:
         closed = False
         while current:
             try:
-                self._retired.append(current.pop()[0])  # one line: never in no list
+                self._retired.extend(current.pop()[::2])  # one line: never in no list
             except IndexError:
                 break
             closed = True
@@ -221,7 +212,7 @@ class Holder:
 
     def forget(self) -> None:
         """Disarm the safety net: the handle was closed on purpose."""
-        _live.pop(self._watcher, None)
+        forget(self._watcher)
 
     def _leave(self, token: "ref[_Borrow]") -> None:
         users = self._users
@@ -236,18 +227,18 @@ class Holder:
         retired = self._retired
         while retired:
             try:
-                os.close(retired.pop())  # one line: popped and closed together
+                _close(fd) if (fd := retired.pop()) >= 0 else None  # one line: popped, closed
             except IndexError:
                 break
 
 
 def _after_fork_in_child() -> None:
     # Only the forking thread lives on: the borrows of every other thread never end.
-    for watcher in list(_live):
-        holder = watcher()
-        if holder is not None:
-            holder._users.clear()
-            holder._drain()
+    for holder in watched(_collected):
+        assert isinstance(holder, Holder)
+        holder._users.clear()
+        holder._drain()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,35 +1,56 @@
 """The Linux backend: memfd_create, seals, O_TMPFILE and /proc.
 
-A backend is a module of plain functions making the system calls -- ``create``,
-``seals``, ``freeze``, ``reopen_readonly``, ``kernel_name`` -- and the constants
-``FIXED_SIZE_SEALS``, ``FREEZE_SEALS``, ``WRITE_SEALS``, ``NAME`` and
-``DEFAULT_STRATEGY``; ``_memory`` chooses one by platform.  It only makes system calls:
-checks and bookkeeping live in ``_memory``.
+A memory is a memfd: no name in any filesystem, not bound by the size of /dev/shm,
+sealed against growing and shrinking at creation; ``freeze()`` seals it against every
+new write (``F_SEAL_FUTURE_WRITE``).  A read-only descriptor is the memfd reopened
+through ``/proc/self/fd``.  ``directory=`` gives NSPR's backing-file strategy
+(``_unix.backing_file``).  The interface is ``_backend.Backend``.
 """
 
 import errno
 import fcntl
 import os
+import sys
+
+from ._backend import Features, Inspected
+from ._errors import AnonShmError
+from ._unix import backing_file, close, duplicate, flush, inspect_fd, map, unmap
+
+assert sys.platform == "linux"  # for type checkers: Linux only
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
 __all__ = [
-    "DEFAULT_STRATEGY",
+    "FEATURES",
     "FIXED_SIZE_SEALS",
-    "FREEZE_SEALS",
-    "NAME",
+    "TWIN",
     "WRITE_SEALS",
+    "close",
     "create",
+    "duplicate",
+    "flush",
     "freeze",
+    "inspect",
     "kernel_name",
-    "reopen_readonly",
+    "map",
+    "memfd_flags",
+    "readonly",
     "seals",
+    "unmap",
 ]
 
-NAME: "Final" = "linux"
-DEFAULT_STRATEGY: "Final" = "memfd_create"
+FEATURES: "Final" = Features(
+    "linux",
+    "memfd_create",
+    fixed_size=True,
+    freeze=True,
+    read_only="reopened through /proc/self/fd",
+    sockets=True,
+    names=True,
+)
+TWIN: "Final" = False
 MFD_NOEXEC_SEAL: "Final" = 0x0008  # Linux >= 6.3; Python 3.11's os module lacks it
 F_SEAL_FUTURE_WRITE: "Final" = 0x0010  # Linux >= 5.1; Python 3.11's fcntl lacks it
 FIXED_SIZE_SEALS: "Final" = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
@@ -38,12 +59,14 @@ FREEZE_SEALS: "Final" = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_SEAL
 WRITE_SEALS: "Final" = F_SEAL_FUTURE_WRITE | fcntl.F_SEAL_WRITE
 _MEMFD_PREFIX: "Final" = "/memfd:"
 _DELETED_SUFFIX: "Final" = " (deleted)"
-# O_EXCL: the file can never be linked into the filesystem afterwards.
-TMPFILE_FLAGS: "Final" = os.O_TMPFILE | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC
-_NAMED_TRIES: "Final" = 20  # NSPR's own bound on the names it tries
 
 # Cleared the first time the kernel refuses MFD_NOEXEC_SEAL (EINVAL before 6.3).
 _memfd_flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | MFD_NOEXEC_SEAL
+
+
+def memfd_flags() -> int:
+    """The flags memfd_create is called with (without MFD_NOEXEC_SEAL before Linux 6.3)."""
+    return _memfd_flags
 
 
 def create(pending: list[int], name: str, size: int, directory: str | None, reserve: bool) -> None:
@@ -55,7 +78,7 @@ def create(pending: list[int], name: str, size: int, directory: str | None, rese
     if directory is None:
         _memfd(pending, name)
     else:
-        _tmpfile(pending, directory)
+        backing_file(pending, directory, twin=False)
     fd = pending[-1]
     os.ftruncate(fd, size)
     if reserve:
@@ -83,32 +106,6 @@ def _memfd(pending: list[int], name: str) -> None:
     pending.append(os.memfd_create(name, _memfd_flags))
 
 
-def _tmpfile(pending: list[int], directory: str) -> None:
-    try:
-        pending.append(os.open(directory, TMPFILE_FLAGS, 0o600))
-    except OSError as exc:
-        # EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            raise
-    else:
-        return
-    _named_then_unlinked(pending, directory)
-
-
-def _named_then_unlinked(pending: list[int], directory: str) -> None:
-    # NSPR's strategy: the name exists only between open and unlink, mode 0600.
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(_NAMED_TRIES):
-        path = os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")
-        try:
-            pending.append(os.open(path, flags, 0o600))
-        except FileExistsError:
-            continue
-        os.unlink(path)
-        return
-    raise FileExistsError(errno.EEXIST, "no free name for a backing file", directory)
-
-
 def seals(fd: int) -> int:
     """The seals of ``fd``'s file; 0 for files that cannot be sealed."""
     try:
@@ -119,13 +116,38 @@ def seals(fd: int) -> int:
         raise
 
 
+def inspect(fd: int) -> Inspected:
+    """What ``fd`` is; the seals first, so that a sealed size read after is the final one.
+
+    Read the other way round, a sender could shrink the memory, then seal it, between
+    the two reads, and this process would map pages that are gone (``SIGBUS``).
+    """
+    found = seals(fd)
+    return inspect_fd(
+        fd,
+        fixed_size=found & FIXED_SIZE_SEALS == FIXED_SIZE_SEALS,
+        frozen=bool(found & WRITE_SEALS),
+        # hugetlb: a holder can punch a hole and take the huge pages back, and the next
+        # touch finds none left; only a write seal rules hole punching out.
+        revocable=not found & WRITE_SEALS,
+    )
+
+
 def freeze(fd: int) -> None:
     """Seal ``fd``'s file against every new write; maps already writable keep working."""
-    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FREEZE_SEALS)
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, FREEZE_SEALS)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EPERM):
+            raise
+        raise AnonShmError(
+            "the kernel refused to seal it (only memfd memory can be sealed, not a "
+            "directory= file or an NSPR file map; and only on Linux >= 5.1)"
+        ) from exc
 
 
-def reopen_readonly(fd: int) -> int:
-    """A new read-only descriptor of the open file behind ``fd``."""
+def readonly(fd: int, twin: int) -> int:
+    """A new read-only descriptor of the open file behind ``fd`` (Linux needs no twin)."""
     try:
         return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -145,6 +167,11 @@ def kernel_name(fd: int) -> str | None:
         target = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return None
+    return memfd_name(target)
+
+
+def memfd_name(target: str) -> str | None:
+    """The memfd name in a ``/proc/<pid>/fd`` link or ``maps`` path, or None."""
     if not target.startswith(_MEMFD_PREFIX):
         return None
     return target[len(_MEMFD_PREFIX) :].removesuffix(_DELETED_SUFFIX)

@@ -1,16 +1,15 @@
 """AnonymousMemory: a descriptor of memory that has no name, and what it can do."""
 
 import errno
-import fcntl
-import mmap
 import os
-import stat
-import sys
 from _weakref import ref
 
+from . import _validate
+from ._backend import backend
+from ._compat import DEFAULT_PROTECTION, protection_member
 from ._errors import AnonShmError, InheritError, TokenError
 from ._holder import Holder, close_all
-from ._map import MemoryMap, final
+from ._map import MemoryMap
 from ._wire import (
     INHERIT_VARIABLE,
     PR_DESC_FILE,
@@ -23,41 +22,22 @@ from ._wire import (
     format_token,
     parse_inherit_fds,
     parse_token,
-    protection_member,
 )
-
-# The one place that chooses the platform backend: a module of plain functions making
-# the system calls (see _linux for what one provides).  Linux is the platform anonshm is
-# built and tested on; another POSIX system gets its own module beside _linux.
-if sys.platform == "linux":
-    from . import _linux as _backend
-else:  # pragma: no cover - no backend yet: fail at import with a clear message
-    raise ImportError(f"anonshm has no backend for {sys.platform!r} yet (Linux only)")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from types import TracebackType
-    from typing import Final, Self
+    from typing import Final, Self, final
 
     from . import _handoff
     from ._protection import Protection
-
-    _DEFAULT_PROTECTION: Final = Protection.READ_WRITE
 else:
+    from ._compat import final
 
-    class _ReadWriteDefault(int):
-        """Protection.READ_WRITE's value, shown as such by help() (enum is not loaded)."""
-
-        __slots__ = ()
-
-        def __repr__(self) -> str:
-            return "Protection.READ_WRITE"
-
-    _DEFAULT_PROTECTION = _ReadWriteDefault(READ_WRITE)
     _handoff = None  # imported by the first send or receive: see _load_handoff
 
-__all__ = ["DEFAULT_NAME", "AnonymousMemory", "_backend"]  # _backend: for the CLI
+__all__ = ["DEFAULT_NAME", "AnonymousMemory"]
 
 DEFAULT_NAME: "Final" = "anonshm"
 _MAX_SIZE: "Final" = 2**63 - 1  # off_t
@@ -73,15 +53,16 @@ def _check_size(value: object) -> int:
     return size
 
 
-def _importable_name(recorded: str | None) -> str:
+def _importable_name(recorded: str | None, fallback: str) -> str:
     # Another program's memfd may carry a name anonshm cannot hand on (a ':', bytes
-    # that are not UTF-8, read back as surrogates): such a memory gets the default.
+    # that are not UTF-8, read back as surrogates): such a memory gets the fallback,
+    # as does one whose kernel records no name (the posix backend).
     if recorded is None:
-        return DEFAULT_NAME
+        return fallback
     try:
         return check_name(recorded)
     except ValueError:
-        return DEFAULT_NAME
+        return fallback
 
 
 def _load_handoff() -> None:
@@ -163,7 +144,7 @@ class AnonymousMemory:
         *,
         name: str = DEFAULT_NAME,
         directory: str | os.PathLike[str] | None = None,
-        protection: "Protection" = _DEFAULT_PROTECTION,
+        protection: "Protection" = DEFAULT_PROTECTION,
         reserve: bool = False,
     ) -> None:
         size = _check_size(size)
@@ -175,16 +156,19 @@ class AnonymousMemory:
         # exception lands on, the finally closes what nobody else owns yet.
         pending: list[int] = []
         try:
-            _backend.create(pending, name, size, path, reserve)
+            backend.create(pending, name, size, path, reserve)
             if prot != READ_WRITE:
-                pending.append(_backend.reopen_readonly(pending[-1]))
-                os.close(pending.pop(0))  # the read-write one: never handed anywhere
+                # A read-only memory holds only a read-only descriptor: the twin where
+                # the backend made one, else one made now.
+                if not backend.TWIN:
+                    pending.append(backend.readonly(pending[0], -1))
+                backend.close(pending.pop(0))  # the read-write one: never handed anywhere
             self._own(pending, size, name, prot)
         finally:
             close_all(pending)
 
     def _own(self, pending: list[int], size: int, name: str, protection: int) -> None:
-        """Take the descriptor ``pending[-1]`` (the last step: see ``_holder``)."""
+        """Take the descriptor in ``pending`` (and its twin after it; see ``_holder``)."""
         self._size = size
         self._name = name
         self._maps = []
@@ -202,6 +186,7 @@ class AnonymousMemory:
         size: int | None = None,
         fixed_size: bool = False,
         handed: bool = False,
+        fallback: str = DEFAULT_NAME,
     ) -> "Self":
         """Own ``pending[-1]`` (this process's own descriptor) once it proves to be memory.
 
@@ -209,63 +194,42 @@ class AnonymousMemory:
         ``finally`` closes what is still in ``pending``.  ``handed``: the protection
         is what the sender's handle had when it sent (a socket, multiprocessing), and a
         memory it froze since arrives READ_ONLY; a token's asks for itself instead.
+        ``fallback``: the name where the kernel recorded none that anonshm can carry.
         """
         fd = pending[-1]
         try:
-            # Seals first: once the size is sealed, the size read next is the final one
-            # (read the other way round, a sender could shrink, then seal, in between).
-            seals = _backend.seals(fd)
-            st = os.fstat(fd)
-            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            info = backend.inspect(fd)
         except OSError as exc:
             raise error(f"{what}: cannot inspect the descriptor ({exc.strerror})") from exc
-        access = _check_memory(st, flags, error, what, size)
-        writable = access == os.O_RDWR
-        frozen = writable and bool(seals & _backend.WRITE_SEALS)
-        if fixed_size:
-            if seals & _backend.FIXED_SIZE_SEALS != _backend.FIXED_SIZE_SEALS:
-                raise error(
-                    f"{what} can be resized by its other holders (its size is not sealed); "
-                    "receive(sock, allow_resizable=True) accepts it anyway"
-                )
-            if st.st_blksize > mmap.PAGESIZE and not seals & _backend.WRITE_SEALS:
-                # hugetlb: a holder can punch a hole and take the huge pages back; the
-                # next touch here finds none left and dies of SIGBUS.  Only a write
-                # seal (a frozen memory) rules hole punching out.
-                raise error(
-                    f"{what} is backed by huge pages ({st.st_blksize} bytes) that its other "
-                    "holders can take back (hole punching) unless it is frozen; "
-                    "receive(sock, allow_resizable=True) accepts it anyway"
-                )
-        if protection is None:
-            protection = READ_WRITE if writable and not frozen else READ_ONLY
-        elif protection == READ_WRITE and not writable:
-            raise error(f"{what} asks READ_WRITE, but the descriptor is read-only")
-        elif protection == READ_WRITE and frozen:
-            if not handed:
-                raise error(f"{what} asks READ_WRITE, but the memory is frozen")
-            protection = READ_ONLY  # frozen after it was sent: no holder may write now
+        protection = _validate.check(
+            info, protection, error, what, size=size, stable=fixed_size, handed=handed
+        )
         if name is None:
-            name = _importable_name(_backend.kernel_name(fd))
-        if writable and protection != READ_WRITE:
+            name = _importable_name(backend.kernel_name(fd), fallback)
+        if info.access == "rw" and protection != READ_WRITE:
             # A read-only memory holds a read-only descriptor, whatever it was given:
             # handed on, it must not give the next process write access back.
-            pending.append(_backend.reopen_readonly(fd))
-            os.close(pending.pop(0))
+            pending.append(backend.readonly(fd, -1))
+            backend.close(pending.pop(0))
         self = cls.__new__(cls)
-        self._own(pending, st.st_size, name, protection)
+        self._own(pending, info.size, name, protection)
         return self
 
     @classmethod
     def _import(
-        cls, fd: int, protection: int | None, error: type[AnonShmError], what: str
+        cls,
+        fd: int,
+        protection: int | None,
+        error: type[AnonShmError],
+        what: str,
+        fallback: str = DEFAULT_NAME,
     ) -> "Self":
         # Imports never adopt: the number handed over stays with whoever owns it, and
         # only this call's own duplicate ever goes into `pending`.
         pending: list[int] = []
         try:
             try:
-                pending.append(os.dup(fd))  # close-on-exec, like every descriptor Python makes
+                pending.append(backend.duplicate(fd))  # close-on-exec
             except OSError as exc:
                 if exc.errno != errno.EBADF:
                     raise
@@ -275,7 +239,7 @@ class AnonymousMemory:
                     "a token exported before freeze() is stale: freeze() replaces the "
                     "descriptor, so export again after it)"
                 ) from None
-            return cls._adopt(pending, protection, error, what)
+            return cls._adopt(pending, protection, error, what, fallback=fallback)
         finally:
             close_all(pending)
 
@@ -335,7 +299,7 @@ class AnonymousMemory:
         what = f"inherited {name!r} (fd {fd})"
         if kind != PR_DESC_FILE:
             raise InheritError(f"{what} has descriptor type {kind}, not a file (1)")
-        return cls._import(fd, None, InheritError, what)
+        return cls._import(fd, None, InheritError, what, fallback=name)
 
     @property
     def size(self) -> int:
@@ -381,15 +345,14 @@ class AnonymousMemory:
         files and unsealed memory from elsewhere, which any holder with a writable
         descriptor may truncate, and then a touch beyond the new end is ``SIGBUS``.
         """
-        with self._live().borrow() as (fd, _):
-            seals = _backend.seals(fd)
-        return seals & _backend.FIXED_SIZE_SEALS == _backend.FIXED_SIZE_SEALS
+        with self._live().borrow() as (fd, _, _):
+            return backend.inspect(fd).fixed_size
 
     @property
     def frozen(self) -> bool:
         """Whether the kernel refuses every new write to the memory, for all holders."""
-        with self._live().borrow() as (fd, _):
-            return bool(_backend.seals(fd) & _backend.WRITE_SEALS)
+        with self._live().borrow() as (fd, _, _):
+            return backend.inspect(fd).frozen
 
     def fileno(self) -> int:
         """This handle's descriptor (close-on-exec; owned by this object: don't close it).
@@ -467,7 +430,7 @@ class AnonymousMemory:
         # Borrowed: a close() meanwhile (another thread, a signal handler) leaves the
         # number this memory's until the map is made, and the protection is the one
         # that goes with this descriptor.
-        with holder.borrow() as (fd, have):
+        with holder.borrow() as (fd, have, _):
             prot = have if wanted is None else self._map_protection(have, wanted)
             try:
                 view = MemoryMap(
@@ -522,7 +485,7 @@ class AnonymousMemory:
             ...     mem.export() == f"{mem.fileno()}:1"
             True
         """
-        fd, protection = self._live().state  # together: freeze() changes both
+        fd, protection, _ = self._live().state  # together: freeze() changes both
         return format_token(fd, protection)
 
     def duplicate(self, *, protection: "Protection | None" = None) -> "AnonymousMemory":
@@ -547,17 +510,19 @@ class AnonymousMemory:
         holder = self._live()
         pending: list[int] = []
         try:
-            with holder.borrow() as (fd, have):
+            with holder.borrow() as (fd, have, twin):
                 wanted = have if protection is None else check_protection(protection, "protection")
                 if not allows(have, wanted):
                     raise PermissionError(
                         f"cannot duplicate a {PROTECTION_NAMES[have]} memory as "
                         f"{PROTECTION_NAMES[wanted]}"
                     )
-                pending.append(os.dup(fd) if wanted == READ_WRITE else _backend.reopen_readonly(fd))
-            twin = type(self).__new__(type(self))
-            twin._own(pending, self._size, self._name, wanted)
-            return twin
+                pending.append(
+                    backend.duplicate(fd) if wanted == READ_WRITE else backend.readonly(fd, twin)
+                )
+            copy = type(self).__new__(type(self))
+            copy._own(pending, self._size, self._name, wanted)
+            return copy
         finally:
             close_all(pending)
 
@@ -596,24 +561,18 @@ class AnonymousMemory:
             # Borrowed: the seal, which cannot be undone, lands on this memory even if
             # a close() (another thread, a signal handler) runs meanwhile.
             with holder.borrow() as state:
-                fd, have = state
-                frozen = bool(_backend.seals(fd) & _backend.WRITE_SEALS)
+                fd, have, twin = state
+                frozen = backend.inspect(fd).frozen
                 if have != READ_WRITE:
                     if frozen:
                         return
                     raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
-                pending.append(_backend.reopen_readonly(fd))  # all that can fail, first
+                pending.append(backend.readonly(fd, twin))  # all that can fail, first
                 if not frozen:
                     try:
-                        _backend.freeze(fd)
-                    except OSError as exc:
-                        if exc.errno not in (errno.EINVAL, errno.EPERM):
-                            raise
-                        raise AnonShmError(
-                            f"cannot freeze {self._name!r}: the kernel refused to seal it (only "
-                            "memfd memory can be sealed, not a directory= file or an NSPR file "
-                            "map; and only on Linux >= 5.1)"
-                        ) from exc
+                        backend.freeze(fd)
+                    except AnonShmError as exc:
+                        raise AnonShmError(f"cannot freeze {self._name!r}: {exc}") from None
                 holder.replace(state, pending, READ_ONLY)
         finally:
             close_all(pending)
@@ -625,8 +584,8 @@ class AnonymousMemory:
         the descriptor is borrowed, so it is a duplicate of this memory even when a
         close() in another thread runs meanwhile.
         """
-        with self._live().borrow() as (fd, _):
-            pending.append(os.dup(fd))
+        with self._live().borrow() as (fd, _, _):
+            pending.append(backend.duplicate(fd))
 
     def close(self) -> None:
         """Close this handle and unmap every map made through it; again does nothing.
@@ -685,7 +644,7 @@ class AnonymousMemory:
         if _handoff is None:
             _load_handoff()
         # Borrowed: the message announces the protection of the very descriptor sent.
-        with self._live().borrow() as (fd, protection):
+        with self._live().borrow() as (fd, protection, _):
             _handoff.send_fd(sock, fd, _handoff.message(self._name, self._size, protection))
 
     @classmethod
@@ -766,40 +725,8 @@ class AnonymousMemory:
     def __repr__(self) -> str:
         holder = self._holder
         current = () if holder is None or holder._closed else holder._current
-        state = f"fd={current[0][0]}" if current else "closed"
+        state = f"fd={current[0][0]}" if current else "closed"  # a handle on Windows
         return (
             f"<AnonymousMemory {self._name!r} size={self._size} "
             f"protection={PROTECTION_NAMES[self._protection]} {state}>"
         )
-
-
-def _check_memory(
-    st: os.stat_result, flags: int, error: type[AnonShmError], what: str, size: int | None
-) -> int:
-    """Raise ``error`` unless the descriptor is mappable anonymous memory; its access mode."""
-    if not stat.S_ISREG(st.st_mode):
-        raise error(f"{what} is {_describe_mode(st.st_mode)}, not an anonymous shared memory")
-    if st.st_nlink:
-        raise error(f"{what} is a named file (it has a path), not an anonymous memory")
-    if st.st_size < 1:
-        raise error(f"{what} is empty: an anonymous memory has at least 1 byte")
-    if size is not None and st.st_size != size:
-        raise error(f"{what} is {st.st_size} bytes, but {size} were announced")
-    access = flags & os.O_ACCMODE
-    if access == os.O_WRONLY or flags & os.O_PATH:
-        mode = "write-only" if access == os.O_WRONLY else "with O_PATH"
-        raise error(f"{what} is open {mode} and cannot be mapped")
-    return access
-
-
-def _describe_mode(mode: int) -> str:
-    for test, kind in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a pipe"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return kind
-    return "not a regular file"

@@ -38,26 +38,17 @@ __all__ = ["find_spec", "register"]
 
 
 def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tuple[object, ...]]:
-    from multiprocessing import context, reduction, util  # noqa: PLC0415 - loaded: calling us
-
     holder = memory._holder
     try:
         if holder is None:
-            raise ValueError  # handled below: the same message as a closed one
-        borrow = holder.borrow()
+            raise ValueError  # half-built: as closed
         # Borrowed, so that the number duplicated is this memory's, whatever another
         # thread closes or opens meanwhile (pools pickle in a thread of their own).
-        with borrow as (fd, protection):
-            popen = context.get_spawning_popen()
-            if popen is None:
-                # A pool, a queue: the resource sharer duplicates the descriptor now.
-                dup = reduction.DupFd(fd)
-            else:
-                # A Process being started: the number is passed to the child a moment
-                # later, so pass a duplicate of our own, closed when the Popen goes.
-                util.Finalize(popen, os.close, ((own := os.dup(fd)),))  # one line: owned
-                dup = popen.DupFd(popen.duplicate_for_child(own))
+        with holder.borrow() as (fd, protection, _):
+            dup = _duplicate(fd, protection)
     except ValueError:
+        if holder is not None and not holder.closed:
+            raise
         # Pools pickle their arguments later, in a thread: the usual cause is closing
         # the memory right after submit().
         raise ValueError(
@@ -65,6 +56,21 @@ def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tu
             "the worker has received it (e.g. until the task's result is in)"
         ) from None
     return _rebuild, (dup, memory.name, protection)
+
+
+def _duplicate(fd: int, protection: int) -> _DupFd:
+    from multiprocessing import context, reduction, util  # noqa: PLC0415 - loaded: calling us
+
+    popen = context.get_spawning_popen()
+    if popen is None:
+        # A pool, a queue: the resource sharer duplicates the descriptor now.
+        dup: _DupFd = reduction.DupFd(fd)
+        return dup
+    # A Process being started: the number is passed to the child a moment later, so
+    # pass a duplicate of our own, closed when the Popen goes.
+    util.Finalize(popen, os.close, ((own := os.dup(fd)),))  # one line: owned at once
+    shared: _DupFd = popen.DupFd(popen.duplicate_for_child(own))
+    return shared
 
 
 def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:

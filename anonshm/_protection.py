@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from . import _map, _wire
+from . import _wire
 
 __all__ = ["Protection"]
 
@@ -43,5 +43,15 @@ class Protection(enum.IntEnum):
 
     @property
     def mmap_args(self) -> tuple[int, int]:
-        """The ``mmap`` flags and page protection NSPR uses for this protection."""
-        return _map.MMAP_ARGS[self]
+        """The ``mmap`` flags and page protection NSPR uses for this protection (POSIX).
+
+        Raises:
+            AttributeError: on Windows, where maps take no ``mmap`` flags.
+        """
+        import sys  # noqa: PLC0415 - loaded already; keeps the names below POSIX-only
+
+        if sys.platform == "win32":
+            raise AttributeError("mmap_args: Windows maps take no mmap flags")
+        from ._unix import MMAP_ARGS  # noqa: PLC0415 - POSIX only
+
+        return MMAP_ARGS[self]

@@ -18,7 +18,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
-from . import _linux
+from ._errors import AnonShmError
+
+if sys.platform == "linux":
+    from . import _linux
 
 if TYPE_CHECKING:
     import argparse
@@ -27,8 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["HeldMemory", "Holder", "main", "scan"]
 
 _PROC: Final = "/proc"
-_MEMFD: Final = "/memfd:"
-_DELETED: Final = " (deleted)"
 # O_NONBLOCK | O_NOCTTY: should the number be reused for a FIFO or a tty between the
 # readlink and the open, the open still returns at once and takes no terminal.
 _PEEK_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
@@ -187,12 +188,6 @@ def _command(pid: int) -> str:
         return "?"
 
 
-def _memfd_name(target: str) -> str | None:
-    if not target.startswith(_MEMFD):
-        return None
-    return target[len(_MEMFD) :].removesuffix(_DELETED)
-
-
 def _peek(path: str, identity: Identity) -> tuple[int, bool] | None:
     """``(size, frozen)`` of the memory at ``path``, if it is still that memory."""
     # O_PATH first: it opens nothing (no device's open() runs), so the identity can be
@@ -227,7 +222,7 @@ def _scan_fds(pid: int, found: dict[Identity, _Found]) -> None:
     for entry in entries:
         path = f"{directory}/{entry}"
         try:
-            name = _memfd_name(os.readlink(path))
+            name = _linux.memfd_name(os.readlink(path))
             if name is None:
                 continue
             st = os.stat(path)
@@ -257,7 +252,7 @@ def _scan_maps(pid: int, found: dict[Identity, _Found]) -> None:
         fields = line.split(maxsplit=5)
         if len(fields) < 6:
             continue
-        name = _memfd_name(fields[5])
+        name = _linux.memfd_name(fields[5])
         if name is None:
             continue
         try:
@@ -311,6 +306,8 @@ def _summary(memories: int, processes: int, whose: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Print the anonymous memories held by this user's processes (``--all``: anyone's)."""
+    if sys.platform != "linux":
+        raise AnonShmError(f"ps reads Linux's /proc, which {sys.platform} does not have")
     memories = scan(all_users=args.all)
     whose = "processes this user may inspect" if args.all else "this user's processes"
     if memories:

@@ -10,8 +10,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Final
 
-    from ._protection import Protection
-
 __all__ = [
     "INHERIT_VARIABLE",
     "PROTECTION_NAMES",
@@ -26,7 +24,6 @@ __all__ = [
     "format_token",
     "parse_inherit_fds",
     "parse_token",
-    "protection_member",
 ]
 
 INHERIT_VARIABLE: "Final" = "NSPR_INHERIT_FDS"
@@ -68,23 +65,6 @@ def check_protection(value: object, what: str) -> int:
     if not READ_ONLY <= plain <= WRITE_COPY:
         raise ValueError(f"{what} must be 0, 1 or 2 (a Protection), not {value!r}")
     return plain
-
-
-_members: "tuple[Protection, ...]" = ()  # Protection's members by value, once loaded
-
-
-def protection_member(value: int) -> "Protection":
-    """The public Protection for a checked int (the enum is imported on first use)."""
-    if not _members:
-        _load_members()
-    return _members[value]
-
-
-def _load_members() -> None:
-    global _members
-    from ._protection import Protection  # noqa: PLC0415 - the point: enum only when asked
-
-    _members = tuple(Protection)
 
 
 def _digits(text: str, alphabet: frozenset[str], longest: int) -> bool:

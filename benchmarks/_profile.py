@@ -66,7 +66,7 @@ def _overhead(label: str, mine: float, raw: float) -> None:
 
 
 def pieces() -> None:
-    from anonshm import AnonymousMemory, Protection, _linux, _map, _memory, _spawn, _wire
+    from anonshm import AnonymousMemory, Protection, _linux, _memory, _net, _spawn, _wire
     from anonshm._map import MemoryMap
 
     _backend = _linux
@@ -79,7 +79,7 @@ def pieces() -> None:
         os.close(fd)
 
     def raw_create_sealed() -> None:
-        fd = os.memfd_create("anonshm", _linux._memfd_flags)
+        fd = os.memfd_create("anonshm", _linux.memfd_flags())
         os.ftruncate(fd, 4096)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _linux.FIXED_SIZE_SEALS)
         os.close(fd)
@@ -113,10 +113,10 @@ def pieces() -> None:
             weakref.finalize(held, print, "label").detach()
 
         def watch() -> None:
-            _map.forget(_map.watch(held, print, "label"))
+            _net.forget(_net.watch(held, print, "label"))
 
         _row("  weakref.finalize(...) + detach() (the stdlib net)", finalize)
-        _row("  _map.watch(...) + forget() (anonshm's net)", watch)
+        _row("  _net.watch(...) + forget() (anonshm's net)", watch)
 
         print("\n== map + close (4 KiB): mem.map() then view.close() ==")
 

@@ -40,16 +40,22 @@ def test_cli_demo_runs_both_protocols() -> None:
 
 def test_cli_info_reports_the_backend_and_features() -> None:
     out = run("-m", "anonshm", "info")
+    from anonshm._backend import backend
+
+    features = backend.FEATURES
     for label in (
         "backend",
-        "memfd_create",
-        "freeze (F_SEAL_FUTURE_WRITE)",
+        "read-only descriptors",
+        "fixed size (kernel-enforced)",
+        "freeze (kernel-enforced)",
         "hugetlb",
         "transparent hugepages for shmem",
         "O_TMPFILE",
     ):
         assert label in out
-    assert "linux: memfd_create by default" in out
+    assert f"{features.name}: {features.creation}" in out
+    (freeze,) = (line.split()[-1] for line in out.splitlines() if "freeze (kernel" in line)
+    assert freeze == ("yes" if features.freeze else "no")
 
 
 @pytest.mark.parametrize("command", ["info", "ps"])

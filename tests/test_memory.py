@@ -230,9 +230,12 @@ def test_directory_backend_cannot_be_linked_back(tmp_path: Path) -> None:
 
 
 def test_named_fallback_unlinks_before_returning(tmp_path: Path) -> None:
+    from anonshm import _unix
+
     pending: list[int] = []
-    _linux._named_then_unlinked(pending, str(tmp_path))
-    (fd,) = pending
+    _unix.backing_file(pending, str(tmp_path), twin=True)  # the named strategy
+    fd, twin = pending
+    os.close(twin)
     try:
         st = os.fstat(fd)
         assert st.st_nlink == 0

@@ -1,0 +1,187 @@
+"""What the two POSIX backends share: descriptors, fstat, and mmap.
+
+``_linux`` (memfd) and ``_posix`` (``shm_open``, the macOS and BSD path) differ in how
+they make a memory, seal it and reopen it read-only; everything else is plain POSIX
+and lives here.
+"""
+
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import sys
+
+from ._backend import Inspected
+from ._wire import WRITE_COPY
+
+assert sys.platform != "win32"  # for type checkers: POSIX only
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Final
+
+__all__ = [
+    "MMAP_ARGS",
+    "TMPFILE_FLAGS",
+    "backing_file",
+    "close",
+    "duplicate",
+    "flush",
+    "inspect_fd",
+    "map",
+    "unmap",
+]
+
+# The mmap flags and page protection NSPR uses, indexed by protection (0, 1, 2).
+MMAP_ARGS: "Final" = (
+    (mmap.MAP_PRIVATE, mmap.PROT_READ),
+    (mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
+    (mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE),
+)
+_POPULATE: "Final[int]" = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
+_HUGEPAGE: "Final[int]" = getattr(mmap, "MADV_HUGEPAGE", 0)  # Linux only
+_WILLNEED: "Final[int]" = getattr(mmap, "MADV_WILLNEED", 0)
+# Offsets must be multiples of this (16 KiB on Apple silicon: never assume 4096).
+_GRANULARITY: "Final" = mmap.ALLOCATIONGRANULARITY
+_KINDS: "Final" = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)
+
+# O_EXCL: the file can never be linked into the filesystem afterwards (Linux only).
+TMPFILE_FLAGS: "Final" = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | os.O_EXCL | os.O_CLOEXEC
+_NAMED_FLAGS: "Final" = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NAMED_TRIES: "Final" = 20  # NSPR's own bound on the names it tries
+
+duplicate = os.dup  # close-on-exec, like every descriptor Python makes
+close = os.close
+
+
+def backing_file(pending: list[int], directory: str, *, twin: bool) -> None:
+    """NSPR's file strategy: append a read-write descriptor of a file nobody can open.
+
+    ``O_TMPFILE`` where there is one and no ``twin`` is wanted: the file never has a
+    name.  Else an exclusive random name, mode 0600, unlinked at once; with ``twin``, a
+    read-only descriptor is opened by that name before the unlink and appended too.
+    """
+    if not twin and TMPFILE_FLAGS & ~(os.O_RDWR | os.O_EXCL | os.O_CLOEXEC):
+        try:
+            pending.append(os.open(directory, TMPFILE_FLAGS, 0o600))
+        except OSError as exc:
+            # EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+        else:
+            return
+    for _ in range(_NAMED_TRIES):
+        path = os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")
+        try:
+            pending.append(os.open(path, _NAMED_FLAGS, 0o600))
+        except FileExistsError:
+            continue
+        try:
+            if twin:
+                pending.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        finally:
+            os.unlink(path)  # the name exists for these few calls only
+        return
+    raise FileExistsError(errno.EEXIST, "no free name for a backing file", directory)
+
+
+def inspect_fd(fd: int, *, fixed_size: bool, frozen: bool, revocable: bool) -> Inspected:
+    """What ``fd`` is, with what the backend's seals say about it."""
+    st = os.fstat(fd)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    mode = st.st_mode
+    kind = None
+    # macOS reports a POSIX shared memory object with no file type bits at all.
+    if not stat.S_ISREG(mode) and stat.S_IFMT(mode) != 0:
+        kind = next((what for test, what in _KINDS if test(mode)), "not a regular file")
+    access = flags & os.O_ACCMODE
+    if flags & getattr(os, "O_PATH", 0):
+        how = "path"
+    else:
+        how = {os.O_RDONLY: "r", os.O_WRONLY: "w"}.get(access, "rw")
+    return Inspected(
+        kind,
+        named=st.st_nlink > 0,
+        size=st.st_size,
+        access=how,
+        fixed_size=fixed_size,
+        frozen=frozen,
+        revocable=revocable and st.st_blksize > mmap.PAGESIZE,
+    )
+
+
+def map(
+    fd: int, offset: int, length: int, protection: int, *, populate: bool, hugepages: bool
+) -> tuple[mmap.mmap, memoryview]:
+    """Map the window; the mmap object and a memoryview of exactly the window."""
+    # mmap offsets must be page-aligned: map from the page start, then slice.
+    skew = offset % _GRANULARITY
+    flags, prot = MMAP_ARGS[protection]
+    if not (populate or hugepages):  # the common case, in the fewest steps
+        mm = _mmap(fd, length + skew, flags, prot, offset - skew)
+    else:
+        # MAP_POPULATE write-faults a private writable map: a copy of every page.
+        # Such a map is only read ahead instead.
+        private_copy = protection == WRITE_COPY
+        if populate and not private_copy:
+            flags |= _POPULATE
+        mm = _mmap(fd, length + skew, flags, prot, offset - skew)
+        try:
+            if populate and (private_copy or not _POPULATE):
+                _advise(mm, _WILLNEED)
+            if hugepages:
+                # Only a hint: shmem uses huge pages only if shmem_enabled allows it.
+                _advise(mm, _HUGEPAGE)
+        except BaseException:
+            mm.close()  # not left mapped until the traceback lets go of this frame
+            raise
+    buf = memoryview(mm)
+    if skew:
+        whole, buf = buf, buf[skew:]
+        whole.release()
+    return mm, buf
+
+
+def _mmap(fd: int, length: int, flags: int, prot: int, offset: int) -> mmap.mmap:
+    # Python < 3.13 keeps a duplicate of the descriptor in every mmap object (for size()
+    # and resize(), which a MemoryMap never calls); from 3.13 on a map costs none.
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, length, flags, prot, offset=offset, trackfd=False)
+    return mmap.mmap(fd, length, flags, prot, offset=offset)
+
+
+def unmap(mapping: object, buf: memoryview) -> None:
+    """Release ``buf`` and unmap, unless views made from it live: then the last one does."""
+    # A view made from ``buf`` (a slice, a numpy array) keeps the pages: releasing or
+    # closing raises BufferError then, and the mmap goes with the last such view.
+    assert isinstance(mapping, mmap.mmap)  # what map() returned
+    try:
+        buf.release()
+        mapping.close()
+    except BufferError:
+        pass
+
+
+def flush(mapping: object) -> None:
+    """Write a map's pages back to its file (``msync``; nothing to do for memory)."""
+    assert isinstance(mapping, mmap.mmap)  # what map() returned
+    mapping.flush()
+
+
+def _advise(mm: mmap.mmap, advice: int) -> None:
+    # EINVAL: a kernel built without that advice (no transparent huge pages).
+    if not advice:
+        return
+    try:
+        mm.madvise(advice)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
