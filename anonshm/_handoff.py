@@ -11,10 +11,11 @@ more than the system calls (benchmarks/, long-lived worker).
 """
 
 # _socket, not socket: its constants are plain ints and its getters build no enums;
-# whoever holds a socket.socket has imported it already.
+# whoever holds a socket.socket has imported it already.  sys is always loaded.
 import _socket
 import os
 import struct
+import sys
 
 from ._errors import TokenError
 from ._wire import MAX_NAME_BYTES, check_name
@@ -22,7 +23,7 @@ from ._wire import MAX_NAME_BYTES, check_name
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from typing import Final
+    from typing import Final, NoReturn
 
 __all__ = ["message", "receive_fd", "send_fd", "send_fd_now"]
 
@@ -31,9 +32,18 @@ _MAGIC: "Final" = b"anonshm\x01"
 _FD: "Final" = struct.Struct("i")  # one descriptor in SCM_RIGHTS: a native C int
 _MAX_FDS: "Final" = 8  # room to see (and close) descriptors a hostile peer adds
 _CREDENTIALS_SIZE: "Final" = struct.calcsize("3i")  # struct ucred: pid, uid, gid
-_ANCILLARY_SPACE: "Final" = _socket.CMSG_SPACE(_MAX_FDS * _FD.size) + _socket.CMSG_SPACE(
-    _CREDENTIALS_SIZE
+# Linux >= 6.5 adds a pidfd to every message on a socket with SO_PASSPIDFD (76), after
+# the descriptors; on no other system does SOL_SOCKET type 4 carry a descriptor.
+_SCM_PIDFD: "Final" = 0x04 if sys.platform == "linux" else -1
+# Room for the descriptors, and for what the receiving socket's own options add: the
+# credentials of SO_PASSCRED (before the descriptors; socket.recv_fds leaves no room,
+# and the kernel would then drop the descriptor) and the pidfd of SO_PASSPIDFD.
+_ANCILLARY_SPACE: "Final" = (
+    _socket.CMSG_SPACE(_MAX_FDS * _FD.size)
+    + _socket.CMSG_SPACE(_CREDENTIALS_SIZE)
+    + _socket.CMSG_SPACE(_FD.size)
 )
+_CMSG_HEADER: "Final" = _socket.CMSG_LEN(0)
 _SOCKET_TYPE: "Final" = _socket.socket.type  # the C getter: socket.socket.type makes an enum
 _SENDMSG: "Final" = _socket.socket.sendmsg  # what socket.socket inherits: one system call
 
@@ -85,36 +95,30 @@ def send_fd_now(sock: "socket.socket", fd: int, data: bytes) -> int | None:
 
 def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
     """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
-    _check_socket(sock, "recvmsg")
     # A seqpacket or datagram message must be read whole in one call, or the kernel
     # drops its rest.  On a stream, Linux ends a read after the segment that carried
     # descriptors, so one call reads one message (sent by one sendmsg) and never the
     # next; what a split send left behind is read to the exact count, and any byte
     # beyond the message is an error, never silently taken.
+    _check_socket(sock, "recvmsg")
     stream = sock if _kind(sock) == _socket.SOCK_STREAM else None
     bufsize = _HEADER.size + MAX_NAME_BYTES + (0 if stream else 1)
-    # Room for the descriptors and for the credentials a SO_PASSCRED socket adds, which
-    # socket.recv_fds leaves none for (the kernel would then drop the descriptor).
     data, ancillary, flags, _ = sock.recvmsg(bufsize, _ANCILLARY_SPACE, _socket.MSG_CMSG_CLOEXEC)
-    fds = _descriptors(ancillary)
+    fds: list[int] = []  # the descriptors that came with the message: one is the memory's
+    added: list[int] = []  # those the receiving socket's options add, closed in any case
     try:
+        _collect(ancillary, fds, added)
         if not data and not fds:
             raise EOFError("the peer closed the socket before sending a memory")
         if flags & _socket.MSG_CTRUNC:
-            raise TokenError(f"the peer sent more than {_MAX_FDS} descriptors with one memory")
+            _truncated(ancillary, len(fds))
         if len(fds) != 1:
             raise TokenError(f"a memory comes with exactly one descriptor, not {len(fds)}")
         if flags & _socket.MSG_TRUNC:
             raise TokenError(f"the handoff message is longer than {bufsize} bytes")
         if len(data) < _HEADER.size:
             data = _completed(stream, data, _HEADER.size)
-        magic, size, protection, name_length = _HEADER.unpack_from(data)
-        if magic != _MAGIC:
-            raise TokenError(f"not an anonshm handoff message (it starts {magic!r})")
-        if protection > 2:
-            raise TokenError(f"the handoff message has protection {protection}, not 0, 1 or 2")
-        if not 0 < name_length <= MAX_NAME_BYTES:
-            raise TokenError(f"the handoff message announces a name of {name_length} bytes")
+        size, protection, name_length = _header(data)
         end = _HEADER.size + name_length
         if len(data) < end:
             data = _completed(stream, data, end)
@@ -122,19 +126,71 @@ def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
             raise TokenError(f"the handoff message has {len(data) - end} bytes too many")
         name = _decode_name(data[_HEADER.size :])
     except BaseException:
-        for fd in fds:
-            os.close(fd)
+        _close_all(fds)
         raise
+    finally:
+        if added:
+            _close_all(added)
     return fds[0], name, size, protection
 
 
-def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
+def _collect(ancillary: list[tuple[int, int, bytes]], fds: list[int], added: list[int]) -> None:
+    """Put every descriptor that arrived in ``fds`` (SCM_RIGHTS) or ``added`` (the rest)."""
     for level, kind, payload in ancillary:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+        if level != _socket.SOL_SOCKET:
+            continue
+        if kind == _socket.SCM_RIGHTS:
             whole = len(payload) - len(payload) % _FD.size
             fds.extend(memoryview(payload)[:whole].cast("i"))
-    return fds
+        elif kind == _SCM_PIDFD and len(payload) >= _FD.size:
+            # A negative errno in place of a pidfd when the kernel could not make one
+            # (EMFILE; ESRCH for a sender that has exited): nothing to close then.
+            pidfd = _FD.unpack_from(payload)[0]
+            if pidfd >= 0:
+                added.append(pidfd)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close every descriptor in ``fds``, which ends empty."""
+    while fds:
+        try:
+            os.close(fds.pop())
+        except OSError:  # EIO from a file system's flush (a hostile peer's FUSE file,
+            pass  # say): Linux has freed the descriptor all the same
+
+
+def _truncated(ancillary: list[tuple[int, int, bytes]], received: int) -> "NoReturn":
+    """Raise the error for MSG_CTRUNC: the peer sent too many, or none could be installed."""
+    # The kernel installs descriptors into the room the messages before them left (the
+    # credentials) until the room, or this process's descriptor table, is full.
+    before = sum(
+        _socket.CMSG_SPACE(len(payload))
+        for level, kind, payload in ancillary
+        if level != _socket.SOL_SOCKET or kind not in (_socket.SCM_RIGHTS, _SCM_PIDFD)
+    )
+    room = (_ANCILLARY_SPACE - before - _CMSG_HEADER) // _FD.size
+    if received >= room:
+        raise TokenError(f"the peer sent {room} or more descriptors with one memory, not one")
+    import errno  # noqa: PLC0415 (built in: no file to open, when none can be)
+
+    limit = os.sysconf("SC_OPEN_MAX")  # the soft RLIMIT_NOFILE, read with no import
+    raise OSError(
+        errno.EMFILE,
+        "a memory arrived but its descriptor could not be installed: this process's "
+        f"descriptor table is full (RLIMIT_NOFILE={limit}); the memory was dropped",
+    )
+
+
+def _header(data: bytes) -> tuple[int, int, int]:
+    """``(size, protection, name_length)`` of a message's header; TokenError if bad."""
+    magic, size, protection, name_length = _HEADER.unpack_from(data)
+    if magic != _MAGIC:
+        raise TokenError(f"not an anonshm handoff message (it starts {magic!r})")
+    if protection > 2:
+        raise TokenError(f"the handoff message has protection {protection}, not 0, 1 or 2")
+    if not 0 < name_length <= MAX_NAME_BYTES:
+        raise TokenError(f"the handoff message announces a name of {name_length} bytes")
+    return size, protection, name_length
 
 
 def _completed(stream: "socket.socket | None", data: bytes, count: int) -> bytes:
