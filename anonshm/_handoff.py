@@ -44,20 +44,41 @@ _ANCILLARY_SPACE: "Final" = (
     + _socket.CMSG_SPACE(_FD.size)
 )
 _CMSG_HEADER: "Final" = _socket.CMSG_LEN(0)
-_SOCKET_TYPE: "Final" = _socket.socket.type  # the C getter: socket.socket.type makes an enum
+# The C getters, bound once: socket.socket's own family and type make enums.
+_SOCKET_TYPE: "Final" = _socket.socket.type.__get__
+_SOCKET_FAMILY: "Final" = _socket.socket.family.__get__
 _SENDMSG: "Final" = _socket.socket.sendmsg  # what socket.socket inherits: one system call
 
 
-def _check_socket(sock: object, method: str) -> None:
-    # A socket.socket, or what passes for one (gevent's and eventlet's wrap a real one).
-    if not isinstance(sock, _socket.socket) and not hasattr(sock, method):
-        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
-
-
-def _kind(sock: "socket.socket") -> int:
+def _check_socket(sock: object, method: str) -> int:
+    """Refuse anything but a Unix socket; its type (``SOCK_STREAM``, ...)."""
     if isinstance(sock, _socket.socket):
-        return int(_SOCKET_TYPE.__get__(sock))
-    return int(sock.type)
+        family = _SOCKET_FAMILY(sock)
+        kind = _SOCKET_TYPE(sock)
+    elif hasattr(sock, method):  # what passes for one: gevent's and eventlet's wrap one
+        family = sock.family  # type: ignore[attr-defined]
+        kind = sock.type  # type: ignore[attr-defined]
+    else:
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+    if family != _socket.AF_UNIX:
+        _not_unix(family)
+    return int(kind)
+
+
+def _not_unix(family: object) -> "NoReturn":
+    # Checked before the send: another family fails (EPIPE, EDESTADDRREQ), or sends
+    # the bytes and drops the descriptor without a word (TCP does, Linux 6.18).
+    import errno  # noqa: PLC0415 (built in, and only on this error)
+    import socket  # noqa: PLC0415 (loaded already: whoever made the socket did)
+
+    try:
+        name = socket.AddressFamily(family).name  # type: ignore[arg-type]
+    except ValueError:
+        name = str(family)
+    raise OSError(
+        errno.EAFNOSUPPORT,
+        f"sock is a socket of family {name}, not AF_UNIX: a memory travels only over a Unix socket",
+    )
 
 
 def message(name: str, size: int, protection: int) -> bytes:
@@ -83,6 +104,8 @@ def send_fd_now(sock: "socket.socket", fd: int, data: bytes) -> int | None:
     """
     if not isinstance(sock, _socket.socket) or type(sock).sendmsg is not _SENDMSG:
         return None  # not a socket (send_fd says so), or one that may do more
+    if _SOCKET_FAMILY(sock) != _socket.AF_UNIX:
+        _not_unix(_SOCKET_FAMILY(sock))
     if sock.gettimeout() is not None:
         return None
     rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(fd))]
@@ -100,8 +123,7 @@ def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
     # descriptors, so one call reads one message (sent by one sendmsg) and never the
     # next; what a split send left behind is read to the exact count, and any byte
     # beyond the message is an error, never silently taken.
-    _check_socket(sock, "recvmsg")
-    stream = sock if _kind(sock) == _socket.SOCK_STREAM else None
+    stream = sock if _check_socket(sock, "recvmsg") == _socket.SOCK_STREAM else None
     bufsize = _HEADER.size + MAX_NAME_BYTES + (0 if stream else 1)
     data, ancillary, flags, _ = sock.recvmsg(bufsize, _ANCILLARY_SPACE, _socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []  # the descriptors that came with the message: one is the memory's

@@ -516,3 +516,37 @@ def test_a_full_descriptor_table_is_emfile_not_the_peers_fault(kind: int, pidfds
     assert "the memory was dropped" in lines[1]
     assert limit.isdigit()
     assert lines[2:] == ["0", "unlucky 64"]
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair of TCP sockets on the loopback interface."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname(), timeout=QUEUED_TIMEOUT)
+        peer, _ = server.accept()
+    peer.settimeout(QUEUED_TIMEOUT)  # a receive on the old code waited for data
+    return client, peer
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["socket", "wrapper"])
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["blocking", "timeout"])
+def test_a_socket_that_is_not_a_unix_socket_is_refused_by_name(
+    wrap: bool, timeout: float | None, no_leaks: None
+) -> None:
+    left, right = _tcp_pair()
+    with left, right, AnonymousMemory(16, name="tcp") as mem:
+        left.settimeout(timeout)
+        sender = _WrappedSocket(left) if wrap else left
+        receiver = _WrappedSocket(right) if wrap else right
+        with pytest.raises(OSError, match=r"family AF_INET, not AF_UNIX") as sent:
+            mem.send(sender)  # type: ignore[arg-type]
+        assert sent.value.errno == errno.EAFNOSUPPORT
+        with pytest.raises(OSError, match=r"family AF_INET, not AF_UNIX") as received:
+            AnonymousMemory.receive(receiver)  # type: ignore[arg-type]
+        assert received.value.errno == errno.EAFNOSUPPORT
+        assert not mem.closed
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        AnonymousMemory(16, name="udp") as mem,
+    ):
+        with pytest.raises(OSError, match="family AF_INET, not AF_UNIX"):
+            mem.send(udp)
