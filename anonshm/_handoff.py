@@ -2,7 +2,9 @@
 
 One message: a fixed header (magic, size, protection, name length), the UTF-8 name,
 and exactly one descriptor riding along.  Receiving is strict; on any error every
-descriptor that arrived is closed, so a hostile peer cannot make this process leak.
+descriptor that arrived is closed, so a hostile peer cannot make this process leak,
+and a stream socket with a timeout (or non-blocking) gives up only before it has
+consumed anything, so the stream stays whole for the next receive.
 
 Imported on the first send or receive (a child that only maps inherited memory never
 needs it), and written for the handoff's latency: one ``sendmsg`` and one ``recvmsg``
@@ -122,9 +124,15 @@ def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
     # drops its rest.  On a stream, Linux ends a read after the segment that carried
     # descriptors, so one call reads one message (sent by one sendmsg) and never the
     # next; what a split send left behind is read to the exact count, and any byte
-    # beyond the message is an error, never silently taken.
+    # beyond the message is an error, never silently taken.  A stream that may give up
+    # (a timeout, or non-blocking) must not give up halfway through those reads: it
+    # first waits, consuming nothing, until the whole message is there.
     stream = sock if _check_socket(sock, "recvmsg") == _socket.SOCK_STREAM else None
     bufsize = _HEADER.size + MAX_NAME_BYTES + (0 if stream else 1)
+    if stream is not None:
+        timeout = sock.gettimeout()
+        if timeout is not None:  # a blocking socket waits in the reads below: no peek
+            _await_whole(stream, bufsize, timeout)
     data, ancillary, flags, _ = sock.recvmsg(bufsize, _ANCILLARY_SPACE, _socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []  # the descriptors that came with the message: one is the memory's
     added: list[int] = []  # those the receiving socket's options add, closed in any case
@@ -235,3 +243,84 @@ def _decode_name(raw: bytes) -> str:
         return check_name(raw.decode())
     except ValueError as exc:
         raise TokenError(f"the handoff message carries a bad name {raw!r}: {exc}") from None
+
+
+def _whole(seen: bytes, bufsize: int) -> bool:
+    """Whether ``seen``, the start of a stream, holds a whole message or can never be one."""
+    if len(seen) >= bufsize:
+        return True
+    if len(seen) < _HEADER.size:
+        return not _MAGIC.startswith(seen[: len(_MAGIC)])
+    try:
+        name_length = _header(seen)[2]
+    except TokenError:
+        return True  # garbage: receive_fd reads it and says what is wrong
+    return len(seen) >= _HEADER.size + name_length
+
+
+def _await_whole(stream: "socket.socket", bufsize: int, timeout: float) -> None:
+    """Return once a whole message is queued on ``stream`` (or the peer has closed it).
+
+    Consumes nothing, so that a ``TimeoutError`` (``BlockingIOError`` when
+    non-blocking) leaves the stream as it was.  A peek with no ancillary buffer makes
+    the kernel install no descriptor (with one, Linux installs them on every peek).
+    """
+    seen = stream.recv(bufsize, _socket.MSG_PEEK)  # waits as the socket's timeout says
+    if not seen or _whole(seen, bufsize):
+        return  # the common case: the message came in one segment
+    _await_rest(stream, seen, bufsize, timeout)
+
+
+def _await_rest(stream: "socket.socket", seen: bytes, bufsize: int, timeout: float) -> None:
+    """Wait, within ``timeout``, for a message whose first ``seen`` bytes have arrived."""
+    # Only after a peer split its message: imports and system calls the common case skips.
+    import errno  # noqa: PLC0415
+    import fcntl  # noqa: PLC0415
+    import select  # noqa: PLC0415
+    import termios  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    fd = stream.fileno()
+
+    def queued() -> int:  # every byte queued, past any segment boundary
+        return int(_FD.unpack(fcntl.ioctl(fd, termios.FIONREAD, bytes(_FD.size)))[0])
+
+    # Edge-triggered: each wait ends on new data or the peer's end, not on what has
+    # been queued all along (a Unix socket's poll ignores SO_RCVLOWAT).
+    with select.epoll(1) as poller:
+        poller.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
+        ended = False
+        wait = 0.0  # the first poll reports at once what the socket is like now
+        while True:
+            for _, events in poller.poll(wait):
+                ended = ended or bool(events & (select.EPOLLRDHUP | select.EPOLLHUP))
+            # Only a peek that will find bytes: on EAGAIN, a socket with a timeout
+            # retries at once until the timeout, spinning.
+            while queued() > len(seen):
+                more = _peek_beyond(stream, len(seen), bufsize - len(seen))
+                seen += more
+                if not more or _whole(seen, bufsize):
+                    return
+            if ended:
+                return  # nothing more can come: receive_fd reads what there is and says so
+            if timeout == 0:
+                raise BlockingIOError(
+                    errno.EAGAIN, "only part of a handoff message has arrived (none consumed)"
+                )
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError("timed out waiting for the rest of a handoff message")
+
+
+def _peek_beyond(stream: "socket.socket", offset: int, size: int) -> bytes:
+    """Up to ``size`` queued bytes from ``offset`` on, peeked: none consumed, none waited for."""
+    # A peek from the start stops after the segment that carried descriptors (the
+    # message's first), so look past it with a peek offset, then put the option back.
+    option = getattr(_socket, "SO_PEEK_OFF", 42)  # Linux's value, if _socket lacks it
+    previous = stream.getsockopt(_socket.SOL_SOCKET, option)
+    stream.setsockopt(_socket.SOL_SOCKET, option, offset)
+    try:
+        return stream.recv(size, _socket.MSG_PEEK)
+    finally:
+        stream.setsockopt(_socket.SOL_SOCKET, option, previous)

@@ -242,6 +242,24 @@ def test_a_bad_message_is_a_clear_error_and_leaks_nothing(
             AnonymousMemory.receive(right)
 
 
+@pytest.mark.parametrize(("send", "error", "match"), BAD_MESSAGES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_bad_message_on_a_blocking_socket_is_the_same_clear_error(
+    kind: int,
+    send: Callable[[socket.socket, AnonymousMemory, int], None],
+    error: type[Exception],
+    match: str,
+    no_leaks: None,
+) -> None:
+    # Blocking sockets take the single-recvmsg path (no peek): the same checks apply.
+    left, right = socket.socketpair(socket.AF_UNIX, kind)
+    with left, right, AnonymousMemory(4096, name="bad-message") as mem:
+        send(left, mem, kind)
+        left.close()  # everything is queued, or the end is: a blocking receive cannot hang
+        with pytest.raises(error, match=match):
+            AnonymousMemory.receive(right)
+
+
 def test_a_named_file_is_refused_and_leaks_nothing(pair: Pair, tmp_path: Path) -> None:
     left, right = pair
     with AnonymousMemory(4096, name="bad-message") as mem:
