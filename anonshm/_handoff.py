@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import socket
     from typing import Final, NoReturn
 
-__all__ = ["message", "receive_fd", "send_fd", "send_fd_now"]
+__all__ = ["message", "receive_fd", "send_fd"]
 
 _HEADER: "Final" = struct.Struct("!8sQBH")
 _MAGIC: "Final" = b"anonshm\x01"
@@ -49,6 +49,7 @@ _CMSG_HEADER: "Final" = _socket.CMSG_LEN(0)
 # The C getters, bound once: socket.socket's own family and type make enums.
 _SOCKET_TYPE: "Final" = _socket.socket.type.__get__
 _SOCKET_FAMILY: "Final" = _socket.socket.family.__get__
+_CMSG_CLOEXEC: "Final" = _socket.MSG_CMSG_CLOEXEC
 _SENDMSG: "Final" = _socket.socket.sendmsg  # what socket.socket inherits: one system call
 
 
@@ -97,29 +98,13 @@ def send_fd(sock: "socket.socket", fd: int, data: bytes) -> None:
         sock.sendall(data[sent:])
 
 
-def send_fd_now(sock: "socket.socket", fd: int, data: bytes) -> int | None:
-    """Send what can go without waiting; None if nothing could (the caller then waits).
+def receive_fd(sock: "socket.socket", pending: list[int]) -> tuple[str, int, int]:
+    """Receive ``(name, size, protection)``; the memory's descriptor goes into ``pending``.
 
-    Only for a real socket in blocking mode, whose ``sendmsg`` makes the one system
-    call (with a timeout, Python would first wait for room): so a caller may hold a
-    lock around it.  The descriptor goes with the first byte; the count sent is returned.
+    The caller owns what is in ``pending`` (and checks it) from the line that puts it
+    there; every other descriptor that arrived is closed here, on every path, whatever
+    line an exception (Ctrl-C) lands on.
     """
-    if not isinstance(sock, _socket.socket) or type(sock).sendmsg is not _SENDMSG:
-        return None  # not a socket (send_fd says so), or one that may do more
-    if _SOCKET_FAMILY(sock) != _socket.AF_UNIX:
-        _not_unix(_SOCKET_FAMILY(sock))
-    if sock.gettimeout() is not None:
-        return None
-    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(fd))]
-    try:
-        sent: int = sock.sendmsg([data], rights, _socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return None
-    return sent
-
-
-def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
-    """Receive ``(fd, name, size, protection)``; the caller owns ``fd`` and checks it."""
     # A seqpacket or datagram message must be read whole in one call, or the kernel
     # drops its rest.  On a stream, Linux ends a read after the segment that carried
     # descriptors, so one call reads one message (sent by one sendmsg) and never the
@@ -133,11 +118,14 @@ def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
         timeout = sock.gettimeout()
         if timeout is not None:  # a blocking socket waits in the reads below: no peek
             _await_whole(stream, bufsize, timeout)
-    data, ancillary, flags, _ = sock.recvmsg(bufsize, _ANCILLARY_SPACE, _socket.MSG_CMSG_CLOEXEC)
     fds: list[int] = []  # the descriptors that came with the message: one is the memory's
     added: list[int] = []  # those the receiving socket's options add, closed in any case
+    ancillary = None
+    collected = False
     try:
+        data, ancillary, flags, _ = sock.recvmsg(bufsize, _ANCILLARY_SPACE, _CMSG_CLOEXEC)
         _collect(ancillary, fds, added)
+        collected = True
         if not data and not fds:
             raise EOFError("the peer closed the socket before sending a memory")
         if flags & _socket.MSG_CTRUNC:
@@ -155,17 +143,24 @@ def receive_fd(sock: "socket.socket") -> tuple[int, str, int, int]:
         elif len(data) > end:
             raise TokenError(f"the handoff message has {len(data) - end} bytes too many")
         name = _decode_name(data[_HEADER.size :])
+        _close_all(added)
+        pending.append(fds.pop())  # one line: the caller's from here on
+        return name, size, protection
     except BaseException:
+        if ancillary is not None and not collected:  # interrupted before they were all seen
+            _collect(ancillary, fds, added)
         _close_all(fds)
+        _close_all(added)
         raise
-    finally:
-        if added:
-            _close_all(added)
-    return fds[0], name, size, protection
 
 
 def _collect(ancillary: list[tuple[int, int, bytes]], fds: list[int], added: list[int]) -> None:
-    """Put every descriptor that arrived in ``fds`` (SCM_RIGHTS) or ``added`` (the rest)."""
+    """Put every descriptor that arrived in ``fds`` (SCM_RIGHTS) or ``added`` (the rest).
+
+    From scratch each time: called again after an interruption, it lists them all once.
+    """
+    fds.clear()
+    added.clear()
     for level, kind, payload in ancillary:
         if level != _socket.SOL_SOCKET:
             continue
@@ -184,7 +179,7 @@ def _close_all(fds: list[int]) -> None:
     """Close every descriptor in ``fds``, which ends empty."""
     while fds:
         try:
-            os.close(fds.pop())
+            os.close(fds.pop())  # one line: popped and closed together
         except OSError:  # EIO from a file system's flush (a hostile peer's FUSE file,
             pass  # say): Linux has freed the descriptor all the same
 

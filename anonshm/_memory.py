@@ -517,9 +517,12 @@ class AnonymousMemory:
                         f"cannot duplicate a {PROTECTION_NAMES[have]} memory as "
                         f"{PROTECTION_NAMES[wanted]}"
                     )
-                pending.append(
-                    backend.duplicate(fd) if wanted == READ_WRITE else backend.readonly(fd, twin)
-                )
+                # Each on one line: a statement over several lines can be interrupted
+                # between its lines, after the descriptor exists and before it is kept.
+                if wanted == READ_WRITE:
+                    pending.append(backend.duplicate(fd))
+                else:
+                    pending.append(backend.readonly(fd, twin))
             copy = type(self).__new__(type(self))
             copy._own(pending, self._size, self._name, wanted)
             return copy
@@ -685,9 +688,7 @@ class AnonymousMemory:
             _load_handoff()
         pending: list[int] = []
         try:
-            # One line: the descriptor received goes straight into `pending`.
-            pending.append((got := _handoff.receive_fd(sock))[0])
-            _, name, size, protection = got
+            name, size, protection = _handoff.receive_fd(sock, pending)
             what = f"memory received as {name!r}"
             return cls._adopt(
                 pending,

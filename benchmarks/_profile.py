@@ -209,7 +209,9 @@ def _handoff_pieces(held: AnonymousMemory) -> None:
 
         def parse_only() -> None:
             held.send(left)
-            os.close(_handoff.receive_fd(right)[0])
+            fds: list[int] = []
+            _handoff.receive_fd(right, fds)
+            os.close(fds.pop())
 
         def adopt_only() -> None:
             got = AnonymousMemory._adopt([os.dup(fd)], 1, TokenError, "x", name="a", size=4096)
