@@ -222,11 +222,9 @@ def child_startupinfo(
     import subprocess  # noqa: PLC0415 - only spawn pays for it, and spawn has it loaded
 
     info = subprocess.STARTUPINFO() if startupinfo is None else startupinfo.copy()
-    attributes = dict(info.lpAttributeList)
-    listed = list(attributes.get("handle_list", ()))
+    listed = list(info.lpAttributeList.get("handle_list", ()))
     listed.extend(handle for handle in handles if handle not in listed)
-    attributes["handle_list"] = listed
-    info.lpAttributeList = attributes
+    info.lpAttributeList = {**info.lpAttributeList, "handle_list": listed}
     return info
 
 
