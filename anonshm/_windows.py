@@ -13,7 +13,9 @@ bookkeeping live in the public classes.  What Windows enforces, and how:
 * The section's DACL grants no access (and replaces the owner's implicit
   ``WRITE_DAC`` with nothing more than ``READ_CONTROL``), so ``DuplicateHandle`` cannot
   add rights a handle lacks: a read-only handle stays read-only in whatever process
-  holds it.  Writable handles handed out earlier keep their rights.
+  holds it.  Writable handles handed out earlier keep their rights.  (Wine refuses the
+  upgrade too, but lets the owner take ``WRITE_DAC``, rewrite the DACL, then upgrade:
+  it does not honour OWNER RIGHTS.)
 
 The tokens are NSPR's Windows tokens: ``"<prot>:<handle>:<dwAccess>"`` in decimal,
 ``dwAccess`` the ``FILE_MAP_*`` value ``PR_CreateFileMap`` records for the protection
