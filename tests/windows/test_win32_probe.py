@@ -273,57 +273,48 @@ _PEEK = """
 """
 
 
-def _marked(handle: int) -> int:
-    address = win32.map_view(handle, win32.FILE_MAP_WRITE, 0, 0)
+@pytest.fixture
+def marked(raw: int) -> Iterator[tuple[int, int]]:
+    """``raw`` with b"parent" written at its start: (its inheritable duplicate, a view)."""
+    address = win32.map_view(raw, win32.FILE_MAP_WRITE, 0, 0)
     ctypes.memmove(address, b"parent", 6)
-    return address
-
-
-def test_handle_list_passes_exactly_that_handle_at_the_same_value(raw: int) -> None:
-    address = _marked(raw)
     inheritable = win32.duplicate_handle(raw, None, inheritable=True)
-    try:
-        assert win32.handle_flags(inheritable) & win32.HANDLE_FLAG_INHERIT
-        info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [inheritable]})
-        assert _helpers.run(_helpers.child(_PEEK, str(inheritable)), info).split() == [
-            "Section",
-            "1",
-            "parent",
-        ]
-        assert ctypes.string_at(address, 6) == b"child!"
-        # Not the memory's own (non-inheritable) handle: its value is nothing there.
-        assert _helpers.run(_helpers.child(_PEEK, str(raw)), info).split()[0] != "Section"
-    finally:
-        win32.close_handle(inheritable)
-        win32.unmap_view(address)
+    yield inheritable, address
+    win32.close_handle(inheritable)
+    win32.unmap_view(address)
 
 
-def test_child_started_without_the_handle_cannot_use_its_value(raw: int) -> None:
-    address = _marked(raw)
-    inheritable = win32.duplicate_handle(raw, None, inheritable=True)
-    try:
-        # Started while the inheritable duplicate exists, but not handed it.
-        seen = _helpers.run(_helpers.child(_PEEK, str(inheritable)))
-        assert "parent" not in seen
-        assert ctypes.string_at(address, 6) == b"parent"
-    finally:
-        win32.close_handle(inheritable)
-        win32.unmap_view(address)
+def _peek(
+    handle: int, startupinfo: subprocess.STARTUPINFO | None = None, *, close_fds: bool = True
+) -> list[str]:
+    argv = _helpers.child(_PEEK, str(handle))
+    return _helpers.run(argv, startupinfo, close_fds=close_fds).split()
 
 
-def test_close_fds_false_hands_a_child_every_inheritable_handle(raw: int) -> None:
+def test_handle_list_passes_exactly_that_handle_at_the_same_value(
+    raw: int, marked: tuple[int, int]
+) -> None:
+    inheritable, address = marked
+    assert win32.handle_flags(inheritable) & win32.HANDLE_FLAG_INHERIT
+    info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [inheritable]})
+    assert _peek(inheritable, info) == ["Section", "1", "parent"]
+    assert ctypes.string_at(address, 6) == b"child!"
+    # Not the memory's own (non-inheritable) handle: its value is nothing there.
+    assert _peek(raw, info)[0] != "Section"
+
+
+def test_child_started_without_the_handle_cannot_use_its_value(marked: tuple[int, int]) -> None:
+    inheritable, address = marked
+    # Started while the inheritable duplicate exists, but not handed it.
+    assert "parent" not in _peek(inheritable)
+    assert ctypes.string_at(address, 6) == b"parent"
+
+
+def test_close_fds_false_hands_a_child_every_inheritable_handle(marked: tuple[int, int]) -> None:
     # Why an inheritable duplicate must live only while its own child starts:
     # subprocess with close_fds=False (and os.system, os.spawn*) inherit them all.
-    address = _marked(raw)
-    inheritable = win32.duplicate_handle(raw, None, inheritable=True)
-    try:
-        assert (
-            _helpers.run(_helpers.child(_PEEK, str(inheritable)), close_fds=False).split()[0]
-            == "Section"
-        )
-    finally:
-        win32.close_handle(inheritable)
-        win32.unmap_view(address)
+    inheritable, _ = marked
+    assert _peek(inheritable, close_fds=False)[0] == "Section"
 
 
 def test_non_inheritable_handle_in_handle_list_is_not_passed(raw: int) -> None:
@@ -331,8 +322,8 @@ def test_non_inheritable_handle_in_handle_list_is_not_passed(raw: int) -> None:
     # without the handle.
     info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [raw]})
     try:
-        seen = _helpers.run(_helpers.child(_PEEK, str(raw)), info)
+        seen = _peek(raw, info)
     except OSError:
         assert not _backend.UNDER_WINE
     else:
-        assert seen.split()[0] != "Section"
+        assert seen[0] != "Section"
