@@ -1,0 +1,28 @@
+"""Worker functions for the multiprocessing test: spawn children import them by name."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import tests.windows._backend  # noqa: F401 - first: lets anonshm's Windows modules import
+from anonshm import _windows as windows
+
+assert sys.platform == "win32" or not TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multiprocessing.reduction import DupHandle
+
+
+def write_through(handle: DupHandle, offset: int, data: bytes) -> bytes:
+    """Take the handle, map it, read what is at ``offset`` and write ``data`` over it."""
+    mine = handle.detach()
+    try:
+        assert windows.inspect(mine)[1], "the handle was sent read-write"
+        view = windows.map(mine, offset, len(data), 1)
+        seen = bytes(view)
+        view[:] = data
+        view.release()
+        return seen
+    finally:
+        windows.close(mine)
