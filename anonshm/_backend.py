@@ -21,7 +21,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Final, Protocol
+    from typing import Any, Final, Protocol
 
 __all__ = ["Features", "Inspected", "available", "backend"]
 
@@ -147,6 +147,18 @@ if TYPE_CHECKING:
         ) -> tuple[object, memoryview]:
             """Map a window; the mapping object and a memoryview of exactly the window."""
 
+        def format_token(self, fd: int, protection: int) -> str:
+            """NSPR's token for ``fd`` on this platform."""
+
+        def parse_token(self, token: object) -> tuple[int, int]:
+            """The descriptor and protection a token names; ``TokenError`` if malformed."""
+
+        def child_duplicate(self, fd: int) -> int:
+            """A duplicate for one child to inherit (``pass_to_child`` passes it)."""
+
+        def pass_to_child(self, options: "dict[str, Any]", fds: list[int]) -> None:
+            """Set ``subprocess.Popen`` options so that the child gets exactly ``fds``."""
+
         def flush(self, mapping: object) -> None:
             """Write a map's pages back to its file, where there is one."""
 
@@ -179,6 +191,20 @@ def _choose() -> str:
 NAME: "Final" = _choose()
 if TYPE_CHECKING:
     backend: Backend
+    # Each backend module implements the interface (mypy checks modules as protocols).
+    _checked: Backend
+    if sys.platform == "win32":
+        from . import _windows
+
+        _checked = _windows
+    else:
+        from . import _posix
+
+        _checked = _posix
+        if sys.platform == "linux":
+            from . import _linux
+
+            _checked = _linux
 elif NAME == "linux":
     from . import _linux as backend
 elif NAME == "windows":

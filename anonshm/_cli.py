@@ -10,7 +10,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Final
 
-from . import __version__, _ps
+from . import __version__
 from ._backend import backend
 from ._memory import AnonymousMemory
 from ._spawn import spawn
@@ -66,10 +66,21 @@ def _demo_second() -> bool:
     with AnonymousMemory(4096, name="demo-token") as mem:
         with mem.map() as view:
             view[: len(_QUESTION)] = _QUESTION
-        token = mem.export()
-        _say("parent", f"created {mem!r}, wrote {_QUESTION!r}, token {token!r}")
-        argv = [sys.executable, "-m", "anonshm", "demo", "--child", "second", token]
-        status = subprocess.run(argv, pass_fds=[mem.fileno()], check=False).returncode
+        if sys.platform == "win32":
+            # Windows: a duplicate for this child alone, inheritable while it starts,
+            # passed in its handle list; the child finds it at the same value.
+            with mem.duplicate() as only:
+                os.set_handle_inheritable(only.fileno(), True)
+                token = only.export()
+                _say("parent", f"created {mem!r}, wrote {_QUESTION!r}, token {token!r}")
+                argv = [sys.executable, "-m", "anonshm", "demo", "--child", "second", token]
+                info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [only.fileno()]})
+                status = subprocess.run(argv, startupinfo=info, check=False).returncode
+        else:
+            token = mem.export()
+            _say("parent", f"created {mem!r}, wrote {_QUESTION!r}, token {token!r}")
+            argv = [sys.executable, "-m", "anonshm", "demo", "--child", "second", token]
+            status = subprocess.run(argv, pass_fds=[mem.fileno()], check=False).returncode
         if status != 0:
             _say("parent", f"child failed with status {status}")
             return False
@@ -120,17 +131,26 @@ def _read(path: str) -> str:
         return f"unavailable ({exc.strerror})"
 
 
-def _probe_tmpfile(directory: str) -> str:
-    from ._unix import TMPFILE_FLAGS  # noqa: PLC0415 - POSIX only
+def _ps_main(args: argparse.Namespace) -> int:
+    if sys.platform != "linux":
+        print(f"anonshm ps reads Linux's /proc, which {sys.platform} has not", file=sys.stderr)
+        return 2
+    from . import _ps  # noqa: PLC0415 - Linux only
 
-    if not TMPFILE_FLAGS & ~(os.O_RDWR | os.O_EXCL | os.O_CLOEXEC):
-        return "no (not on this platform): a random name, unlinked at once"
-    try:
-        fd = os.open(directory, TMPFILE_FLAGS, 0o600)
-    except OSError as exc:
-        return f"no ({exc.strerror}): a random name, unlinked at once"
-    os.close(fd)
-    return "yes: the backing file never has a name"
+    return _ps.main(args)
+
+
+def _probe_tmpfile(directory: str) -> str:
+    if sys.platform == "linux":
+        from ._unix import TMPFILE_FLAGS  # noqa: PLC0415 - POSIX only
+
+        try:
+            fd = os.open(directory, TMPFILE_FLAGS, 0o600)
+        except OSError as exc:
+            return f"no ({exc.strerror}): a random name, unlinked at once"
+        os.close(fd)
+        return "yes: the backing file never has a name"
+    return "no (Linux only): a random name, unlinked at once"
 
 
 def _hugetlb() -> str:
@@ -253,7 +273,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "anonshm") -> int:
         action="store_true",
         help="other users' processes too (those this user may inspect: all of them for root)",
     )
-    ps.set_defaults(run=_ps.main)
+    ps.set_defaults(run=_ps_main)
     args = parser.parse_args(argv)
     try:
         status: int = args.run(args)

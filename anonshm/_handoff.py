@@ -19,8 +19,10 @@ import os
 import struct
 import sys
 
-from ._errors import TokenError
-from ._wire import MAX_NAME_BYTES, check_name
+assert sys.platform != "win32"  # for type checkers: POSIX only: Windows sockets carry no handles
+
+from ._errors import TokenError  # noqa: E402
+from ._wire import MAX_NAME_BYTES, check_name  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,7 +51,10 @@ _CMSG_HEADER: "Final" = _socket.CMSG_LEN(0)
 # The C getters, bound once: socket.socket's own family and type make enums.
 _SOCKET_TYPE: "Final" = _socket.socket.type.__get__
 _SOCKET_FAMILY: "Final" = _socket.socket.family.__get__
-_CMSG_CLOEXEC: "Final" = _socket.MSG_CMSG_CLOEXEC
+# Linux marks received descriptors close-on-exec as they arrive; elsewhere (macOS, the
+# BSDs) they are marked right after, and a child another thread forks and execs in
+# between could inherit them.
+_CMSG_CLOEXEC: "Final[int]" = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
 _SENDMSG: "Final" = _socket.socket.sendmsg  # what socket.socket inherits: one system call
 
 
@@ -173,6 +178,9 @@ def _collect(ancillary: list[tuple[int, int, bytes]], fds: list[int], added: lis
             pidfd = _FD.unpack_from(payload)[0]
             if pidfd >= 0:
                 added.append(pidfd)
+    if not _CMSG_CLOEXEC:
+        for fd in (*fds, *added):
+            os.set_inheritable(fd, False)
 
 
 def _close_all(fds: list[int]) -> None:
@@ -268,6 +276,9 @@ def _await_whole(stream: "socket.socket", bufsize: int, timeout: float) -> None:
 
 def _await_rest(stream: "socket.socket", seen: bytes, bufsize: int, timeout: float) -> None:
     """Wait, within ``timeout``, for a message whose first ``seen`` bytes have arrived."""
+    if sys.platform != "linux":
+        _await_rest_polling(stream, bufsize, timeout)
+        return
     # Only after a peer split its message: imports and system calls the common case skips.
     import errno  # noqa: PLC0415
     import fcntl  # noqa: PLC0415
@@ -306,6 +317,25 @@ def _await_rest(stream: "socket.socket", seen: bytes, bufsize: int, timeout: flo
             wait = deadline - time.monotonic()
             if wait <= 0:
                 raise TimeoutError("timed out waiting for the rest of a handoff message")
+
+
+def _await_rest_polling(stream: "socket.socket", bufsize: int, timeout: float) -> None:
+    """Without epoll and SO_PEEK_OFF (macOS, the BSDs): peek the whole again, until whole."""
+    import errno  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = stream.recv(bufsize, _socket.MSG_PEEK)
+        if not seen or _whole(seen, bufsize):
+            return
+        if timeout == 0:
+            raise BlockingIOError(
+                errno.EAGAIN, "only part of a handoff message has arrived (none consumed)"
+            )
+        if time.monotonic() >= deadline:
+            raise TimeoutError("timed out waiting for the rest of a handoff message")
+        time.sleep(0.001)  # the queued part keeps the socket readable: no wait to rely on
 
 
 def _peek_beyond(stream: "socket.socket", offset: int, size: int) -> bytes:

@@ -43,6 +43,9 @@ limit known, never an error.  What it cannot promise:
 
 import errno
 import os
+import sys
+
+assert sys.platform == "linux"  # for type checkers: Linux only: it reads /proc and cgroups
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -12,11 +12,22 @@ import fcntl
 import os
 import sys
 
-from ._backend import Features, Inspected
-from ._errors import AnonShmError
-from ._unix import backing_file, close, duplicate, flush, inspect_fd, map, unmap
+assert sys.platform == "linux"  # for type checkers: Linux only (they skip the rest elsewhere)
 
-assert sys.platform == "linux"  # for type checkers: Linux only
+from ._backend import Features, Inspected  # noqa: E402
+from ._errors import AnonShmError  # noqa: E402
+from ._unix import (  # noqa: E402
+    backing_file,
+    child_duplicate,
+    close,
+    duplicate,
+    flush,
+    inspect_fd,
+    map,
+    pass_to_child,
+    unmap,
+)
+from ._wire import format_token, parse_token  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,15 +38,19 @@ __all__ = [
     "FIXED_SIZE_SEALS",
     "TWIN",
     "WRITE_SEALS",
+    "child_duplicate",
     "close",
     "create",
     "duplicate",
     "flush",
+    "format_token",
     "freeze",
     "inspect",
     "kernel_name",
     "map",
     "memfd_flags",
+    "parse_token",
+    "pass_to_child",
     "readonly",
     "seals",
     "unmap",

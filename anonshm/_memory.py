@@ -2,6 +2,7 @@
 
 import errno
 import os
+import sys
 from _weakref import ref
 
 from . import _validate
@@ -19,9 +20,7 @@ from ._wire import (
     allows,
     check_name,
     check_protection,
-    format_token,
     parse_inherit_fds,
-    parse_token,
 )
 
 TYPE_CHECKING = False
@@ -63,6 +62,14 @@ def _importable_name(recorded: str | None, fallback: str) -> str:
         return check_name(recorded)
     except ValueError:
         return fallback
+
+
+def _no_sockets() -> AnonShmError:
+    return AnonShmError(
+        f"the {backend.FEATURES.name} backend cannot send memory over a socket: its "
+        "sockets carry no handles (hand it on with spawn(inherit=...), a token, or "
+        "multiprocessing)"
+    )
 
 
 def _load_handoff() -> None:
@@ -137,6 +144,7 @@ class AnonymousMemory:
     _name: str = DEFAULT_NAME
     _maps: "list[ref[MemoryMap]]"
     _prune_at: int = _PRUNE_AT
+    _froze: bool = False  # freeze() ran here (Windows: no seal to read back)
 
     def __init__(
         self,
@@ -262,7 +270,7 @@ class AnonymousMemory:
             >>> from anonshm import AnonymousMemory
             >>> mem = AnonymousMemory.from_token(sys.argv[1])  # doctest: +SKIP
         """
-        fd, protection = parse_token(token)
+        fd, protection = backend.parse_token(token)
         return cls._import(fd, protection, TokenError, f"token {token!r}")
 
     @classmethod
@@ -486,7 +494,7 @@ class AnonymousMemory:
             True
         """
         fd, protection, _ = self._live().state  # together: freeze() changes both
-        return format_token(fd, protection)
+        return backend.format_token(fd, protection)
 
     def duplicate(self, *, protection: "Protection | None" = None) -> "AnonymousMemory":
         """Another handle on the same memory, with a descriptor of its own.
@@ -567,7 +575,7 @@ class AnonymousMemory:
                 fd, have, twin = state
                 frozen = backend.inspect(fd).frozen
                 if have != READ_WRITE:
-                    if frozen:
+                    if frozen or self._froze:
                         return
                     raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
                 pending.append(backend.readonly(fd, twin))  # all that can fail, first
@@ -577,18 +585,19 @@ class AnonymousMemory:
                     except AnonShmError as exc:
                         raise AnonShmError(f"cannot freeze {self._name!r}: {exc}") from None
                 holder.replace(state, pending, READ_ONLY)
+                self._froze = True
         finally:
             close_all(pending)
 
     def _handoff_fd(self, pending: list[int]) -> None:
-        """Append a new close-on-exec duplicate of the descriptor to ``pending``.
+        """Append a new duplicate for one child to ``pending`` (``backend.child_duplicate``).
 
         The caller owns it from then on (and passes, then closes it); it is made while
         the descriptor is borrowed, so it is a duplicate of this memory even when a
         close() in another thread runs meanwhile.
         """
         with self._live().borrow() as (fd, _, _):
-            pending.append(backend.duplicate(fd))
+            pending.append(backend.child_duplicate(fd))
 
     def close(self) -> None:
         """Close this handle and unmap every map made through it; again does nothing.
@@ -644,6 +653,8 @@ class AnonymousMemory:
             ('frame', 8)
             >>> left.close(); right.close()
         """
+        if sys.platform == "win32" or not backend.FEATURES.sockets:
+            raise _no_sockets()
         if _handoff is None:
             _load_handoff()
         # Borrowed: the message announces the protection of the very descriptor sent.
@@ -684,6 +695,8 @@ class AnonymousMemory:
             >>> ours.close(); theirs.close()
         """
         allow_resizable = _check_flag(allow_resizable, "allow_resizable")
+        if sys.platform == "win32" or not backend.FEATURES.sockets:
+            raise _no_sockets()
         if _handoff is None:
             _load_handoff()
         pending: list[int] = []

@@ -21,7 +21,7 @@ from _thread import get_ident
 from ._errors import TokenError
 from ._holder import close_all
 from ._memory import AnonymousMemory
-from ._wire import check_protection
+from ._wire import READ_WRITE, check_protection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,6 +61,15 @@ def _reduce(memory: AnonymousMemory) -> tuple[Callable[..., AnonymousMemory], tu
 def _duplicate(fd: int, protection: int) -> _DupFd:
     from multiprocessing import context, reduction, util  # noqa: PLC0415 - loaded: calling us
 
+    if sys.platform == "win32":
+        # The stdlib's DupHandle: duplicated into the worker when it unpickles, with
+        # no more access than this memory has.
+        from ._winsection import READ_ONLY_ACCESS, READ_WRITE_ACCESS  # noqa: PLC0415
+
+        access = READ_WRITE_ACCESS if protection == READ_WRITE else READ_ONLY_ACCESS
+        handle: _DupFd = reduction.DupHandle(fd, access)
+        return handle
+
     popen = context.get_spawning_popen()
     if popen is None:
         # A pool, a queue: the resource sharer duplicates the descriptor now.
@@ -79,7 +88,8 @@ def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
     pending: list[int] = []
     try:
         pending.append(dup.detach())
-        os.set_inheritable(pending[-1], False)
+        if sys.platform != "win32":  # DupHandle makes a non-inheritable handle already
+            os.set_inheritable(pending[-1], False)
         return AnonymousMemory._adopt(pending, protection, TokenError, what, name=name, handed=True)
     finally:
         close_all(pending)

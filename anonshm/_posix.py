@@ -19,11 +19,22 @@ import errno
 import os
 import sys
 
-from ._backend import Features, Inspected
-from ._errors import AnonShmError
-from ._unix import backing_file, close, duplicate, flush, inspect_fd, map, unmap
+assert sys.platform != "win32"  # for type checkers: POSIX only (they skip the rest elsewhere)
 
-assert sys.platform != "win32"  # for type checkers: POSIX only
+from ._backend import Features, Inspected  # noqa: E402
+from ._errors import AnonShmError  # noqa: E402
+from ._unix import (  # noqa: E402
+    backing_file,
+    child_duplicate,
+    close,
+    duplicate,
+    flush,
+    inspect_fd,
+    map,
+    pass_to_child,
+    unmap,
+)
+from ._wire import format_token, parse_token  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,14 +47,18 @@ _shm_unlink: "Callable[[str], None]" = _posixshmem.shm_unlink
 __all__ = [
     "FEATURES",
     "TWIN",
+    "child_duplicate",
     "close",
     "create",
     "duplicate",
     "flush",
+    "format_token",
     "freeze",
     "inspect",
     "kernel_name",
     "map",
+    "parse_token",
+    "pass_to_child",
     "readonly",
     "unmap",
 ]

@@ -50,8 +50,8 @@ class Protection(enum.IntEnum):
         """
         import sys  # noqa: PLC0415 - loaded already; keeps the names below POSIX-only
 
-        if sys.platform == "win32":
-            raise AttributeError("mmap_args: Windows maps take no mmap flags")
-        from ._unix import MMAP_ARGS  # noqa: PLC0415 - POSIX only
+        if sys.platform != "win32":
+            from ._unix import MMAP_ARGS  # noqa: PLC0415 - POSIX only
 
-        return MMAP_ARGS[self]
+            return MMAP_ARGS[self]
+        raise AttributeError("mmap_args: Windows maps take no mmap flags")

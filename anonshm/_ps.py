@@ -18,10 +18,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, final
 
-from ._errors import AnonShmError
+assert sys.platform == "linux"  # for type checkers: Linux only (it reads /proc)
 
-if sys.platform == "linux":
-    from . import _linux
+from . import _linux  # noqa: E402
 
 if TYPE_CHECKING:
     import argparse
@@ -306,8 +305,6 @@ def _summary(memories: int, processes: int, whose: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     """Print the anonymous memories held by this user's processes (``--all``: anyone's)."""
-    if sys.platform != "linux":
-        raise AnonShmError(f"ps reads Linux's /proc, which {sys.platform} does not have")
     memories = scan(all_users=args.all)
     whose = "processes this user may inspect" if args.all else "this user's processes"
     if memories:

@@ -17,6 +17,7 @@ from typing import (
     overload,
 )
 
+from ._backend import backend
 from ._holder import close_all
 from ._memory import AnonymousMemory
 from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
@@ -381,8 +382,9 @@ def spawn(
         ...         child.wait(timeout=30)
     """
     entries = _entries(inherit)
-    if entries and popen_kwargs.get("close_fds") is False:
-        raise ValueError("spawn passes memories with pass_fds, which needs close_fds=True")
+    options = cast("dict[str, Any]", popen_kwargs)  # Popen's own types differ per platform
+    if entries:
+        backend.pass_to_child(options, [])  # refuses close_fds=False before anything is made
     from subprocess import Popen  # noqa: PLC0415 - a child that only maps memory never pays for it
 
     # Who owns what, whatever line an exception (Ctrl-C) lands on: each duplicate is in
@@ -397,11 +399,12 @@ def spawn(
         for name, mem in entries:
             _duplicate(name, mem, duplicates)
             passed[name] = duplicates[-1]
-        popen_kwargs["env"] = _child_env(popen_kwargs.get("env"), passed)
-        popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), *passed.values())
+        options["env"] = _child_env(options.get("env"), passed)
+        if passed:
+            backend.pass_to_child(options, list(passed.values()))
         # One line: a statement spread over several has a line between the start and
         # the append, where the exception could land and lose the child.
-        started.append(Popen(args, text=text, encoding=encoding, errors=errors, **popen_kwargs))
+        started.append(Popen(args, text=text, encoding=encoding, errors=errors, **options))
         close_all(duplicates)  # the child holds its own copies now
         return SharedChild(started[0], passed)
     except BaseException:

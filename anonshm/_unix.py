@@ -12,24 +12,26 @@ import os
 import stat
 import sys
 
-from ._backend import Inspected
-from ._wire import WRITE_COPY
+assert sys.platform != "win32"  # for type checkers: POSIX only (they skip the rest elsewhere)
 
-assert sys.platform != "win32"  # for type checkers: POSIX only
+from ._backend import Inspected  # noqa: E402
+from ._wire import WRITE_COPY  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Final
+    from typing import Any, Final
 
 __all__ = [
     "MMAP_ARGS",
     "TMPFILE_FLAGS",
     "backing_file",
+    "child_duplicate",
     "close",
     "duplicate",
     "flush",
     "inspect_fd",
     "map",
+    "pass_to_child",
     "unmap",
 ]
 
@@ -185,3 +187,15 @@ def _advise(mm: mmap.mmap, advice: int) -> None:
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise
+
+
+# How a child gets a descriptor: a close-on-exec duplicate, made inheritable between
+# fork and exec for that child alone (pass_fds), at the same number.
+child_duplicate = os.dup
+
+
+def pass_to_child(options: "dict[str, Any]", fds: list[int]) -> None:
+    """Give a child exactly ``fds`` (at the same numbers), through ``pass_fds``."""
+    if options.get("close_fds") is False:
+        raise ValueError("spawn passes memories with pass_fds, which needs close_fds=True")
+    options["pass_fds"] = (*options.get("pass_fds", ()), *fds)

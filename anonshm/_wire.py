@@ -16,14 +16,17 @@ __all__ = [
     "PR_DESC_FILE",
     "READ_ONLY",
     "READ_WRITE",
+    "WINDOWS_MAP_ACCESS",
     "WRITE_COPY",
     "allows",
     "check_name",
     "check_protection",
     "format_inherit_fds",
     "format_token",
+    "format_windows_token",
     "parse_inherit_fds",
     "parse_token",
+    "parse_windows_token",
 ]
 
 INHERIT_VARIABLE: "Final" = "NSPR_INHERIT_FDS"
@@ -123,6 +126,44 @@ def parse_token(token: object) -> tuple[int, int]:
     if fd > MAX_FD:
         raise TokenError(f"token {token!r} names descriptor {fd}, which no process can have")
     return fd, int(prot_text)
+
+
+# What NSPR's PR_CreateFileMap records as dwAccess for each protection on Windows (and
+# passes to MapViewOfFile): FILE_MAP_READ, FILE_MAP_WRITE, FILE_MAP_COPY.
+WINDOWS_MAP_ACCESS: "Final" = (4, 2, 1)
+
+
+def format_windows_token(handle: int, protection: int) -> str:
+    """NSPR's Windows token: ``"<prot>:<handle>:<dwAccess>"``, e.g. ``"1:412:2"``."""
+    return f"{protection:d}:{handle:d}:{WINDOWS_MAP_ACCESS[protection]:d}"
+
+
+def parse_windows_token(token: object) -> tuple[int, int]:
+    """The handle and protection an NSPR Windows token names; TokenError if malformed.
+
+    Parsed as strictly as NSPR writes it (``"%d:%lld:%ld"``): decimal numbers with no
+    sign or leading zero, and the ``dwAccess`` that NSPR records for that protection.
+    """
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, not {type(token).__name__}")
+    fields = token.split(":")
+    if not (
+        len(fields) == 3
+        and fields[0] in _PROTECTION_DIGITS
+        and _digits(fields[1], _DECIMAL, 10)
+        and fields[2] == str(WINDOWS_MAP_ACCESS[int(fields[0])])
+    ):
+        raise TokenError(
+            f"malformed token {token!r}: expected '<prot>:<handle>:<dwAccess>' with a "
+            "protection of 0, 1 or 2, a decimal handle and that protection's access "
+            "(0:h:4, 1:h:2 or 2:h:1)"
+        )
+    handle, protection = int(fields[1]), int(fields[0])
+    # Handle values are multiples of 4: Windows ignores the two low bits, so 413 would
+    # name handle 412.
+    if not 0 < handle <= MAX_FD or handle % 4:
+        raise TokenError(f"token {token!r} names {handle}, which is no handle value")
+    return handle, protection
 
 
 def format_inherit_fds(entries: list[tuple[str, int]]) -> str:

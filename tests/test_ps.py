@@ -262,6 +262,7 @@ def test_the_summary_counts_in_the_right_number(
 # A user nobody else is: every memory this user's processes hold is the child's own.
 _LONE_USER = """
     import os, sys
+    from anonshm import _ps  # before the uid change: this uid may not read the stdlib
     from anonshm._cli import main
 
     uid = int(sys.argv[1])

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import tests.windows._backend as backend
-from anonshm import _windows as windows
+from anonshm import _winsection as windows
 
 assert sys.platform == "win32" or not TYPE_CHECKING
 

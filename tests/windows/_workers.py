@@ -6,7 +6,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import tests.windows._backend  # noqa: F401 - first: lets anonshm's Windows modules import
-from anonshm import _windows as windows
+from anonshm import _winsection as windows
 
 assert sys.platform == "win32" or not TYPE_CHECKING
 

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from anonshm import _win32 as win32
-from anonshm import _windows as windows
+from anonshm import _winsection as windows
 from anonshm._errors import TokenError
 from tests.windows import _backend, _helpers, _workers
 
@@ -337,7 +337,7 @@ def test_token_round_trip(handle: int, protection: int) -> None:
 _IMPORT = """
     import sys
     import tests.windows._backend
-    from anonshm import _windows as windows
+    from anonshm import _winsection as windows
     handle, protection = windows.parse_token(sys.argv[1])
     size, writable = windows.inspect(handle)
     mine = windows.duplicate(handle)
