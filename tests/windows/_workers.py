@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-import tests.windows._backend  # noqa: F401 - first: lets anonshm's Windows modules import
 from anonshm import _winsection as windows
 
 assert sys.platform == "win32" or not TYPE_CHECKING
@@ -26,3 +25,15 @@ def write_through(handle: DupHandle, offset: int, data: bytes) -> bytes:
         return seen
     finally:
         windows.close(mine)
+
+
+def touch(mem: object, data: bytes) -> tuple[str, int, str, bytes]:
+    """A worker given a memory: what arrived (name, size, protection, head), then a write."""
+    from anonshm import AnonymousMemory
+
+    assert isinstance(mem, AnonymousMemory), type(mem)
+    with mem, mem.map(length=len(data)) as view:
+        head = bytes(view.buf)
+        if mem.protection == 1:
+            view[:] = data
+        return mem.name, mem.size, mem.protection.name, head
