@@ -10,7 +10,7 @@ import sys
 
 from ._errors import AnonShmError, InheritError, TokenError
 from ._map import MemoryMap
-from ._memory import AnonymousMemory
+from ._memory import AnonymousMemory, ForChild
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AnonShmError",
     "AnonymousMemory",
+    "ForChild",
     "InheritError",
     "MemoryMap",
     "PopenOptions",

@@ -66,21 +66,10 @@ def _demo_second() -> bool:
     with AnonymousMemory(4096, name="demo-token") as mem:
         with mem.map() as view:
             view[: len(_QUESTION)] = _QUESTION
-        if sys.platform == "win32":
-            # Windows: a duplicate for this child alone, inheritable while it starts,
-            # passed in its handle list; the child finds it at the same value.
-            with mem.duplicate() as only:
-                os.set_handle_inheritable(only.fileno(), True)
-                token = only.export()
-                _say("parent", f"created {mem!r}, wrote {_QUESTION!r}, token {token!r}")
-                argv = [sys.executable, "-m", "anonshm", "demo", "--child", "second", token]
-                info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [only.fileno()]})
-                status = subprocess.run(argv, startupinfo=info, check=False).returncode
-        else:
-            token = mem.export()
+        with mem.for_child() as (token, options):  # a duplicate for this child alone
             _say("parent", f"created {mem!r}, wrote {_QUESTION!r}, token {token!r}")
             argv = [sys.executable, "-m", "anonshm", "demo", "--child", "second", token]
-            status = subprocess.run(argv, pass_fds=[mem.fileno()], check=False).returncode
+            status = subprocess.run(argv, check=False, **options).returncode
         if status != 0:
             _say("parent", f"child failed with status {status}")
             return False

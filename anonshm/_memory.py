@@ -27,7 +27,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     from types import TracebackType
-    from typing import Final, Self, final
+    from typing import Any, Final, Self, final
 
     from . import _handoff
     from ._protection import Protection
@@ -36,7 +36,7 @@ else:
 
     _handoff = None  # imported by the first send or receive: see _load_handoff
 
-__all__ = ["DEFAULT_NAME", "AnonymousMemory"]
+__all__ = ["DEFAULT_NAME", "AnonymousMemory", "ForChild"]
 
 DEFAULT_NAME: "Final" = "anonshm"
 _MAX_SIZE: "Final" = 2**63 - 1  # off_t
@@ -496,6 +496,29 @@ class AnonymousMemory:
         fd, protection, _ = self._live().state  # together: freeze() changes both
         return backend.format_token(fd, protection)
 
+    def for_child(self) -> "ForChild":
+        """Hand this memory to one child that you start yourself: a token and Popen options.
+
+        The portable form of the second protocol.  A ``with`` block gives
+        ``(token, options)``: a duplicate made for that child alone, its NSPR token, and
+        the ``subprocess.Popen`` keyword arguments that pass it (``pass_fds`` on POSIX,
+        a ``STARTUPINFO`` handle list on Windows, where the duplicate is inheritable
+        while the block lasts).  Start the child inside the block; leaving it closes
+        the duplicate, which the child then holds alone.
+
+        Example:
+            >>> import subprocess, sys
+            >>> from anonshm import AnonymousMemory
+            >>> code = "import sys; from anonshm import AnonymousMemory as M; "
+            >>> code += "print(M.from_token(sys.argv[1]).size)"
+            >>> with AnonymousMemory(64) as mem, mem.for_child() as (token, options):
+            ...     done = subprocess.run([sys.executable, "-c", code, token],
+            ...                           capture_output=True, text=True, **options)
+            >>> done.stdout.strip()
+            '64'
+        """
+        return ForChild(self)
+
     def duplicate(self, *, protection: "Protection | None" = None) -> "AnonymousMemory":
         """Another handle on the same memory, with a descriptor of its own.
 
@@ -744,3 +767,41 @@ class AnonymousMemory:
             f"<AnonymousMemory {self._name!r} size={self._size} "
             f"protection={PROTECTION_NAMES[self._protection]} {state}>"
         )
+
+
+@final
+class ForChild:
+    """What :meth:`AnonymousMemory.for_child` returns: a ``with`` block for one child.
+
+    Example:
+        >>> from anonshm import AnonymousMemory
+        >>> with AnonymousMemory(8) as mem, mem.for_child() as (token, options):
+        ...     sorted(options)  # what subprocess.Popen is given (POSIX)
+        ['pass_fds']
+    """
+
+    def __init__(self, memory: AnonymousMemory) -> None:
+        self._memory = memory
+        self._duplicate: list[int] = []
+
+    def __enter__(self) -> "tuple[str, dict[str, Any]]":
+        if self._duplicate:
+            raise ValueError("this for_child() block is already entered")
+        owned = self._duplicate
+        try:
+            with self._memory._live().borrow() as (fd, protection, _):
+                owned.append(backend.child_duplicate(fd))
+            options: dict[str, Any] = {}
+            backend.pass_to_child(options, owned[:])
+            return backend.format_token(owned[0], protection), options
+        except BaseException:
+            close_all(owned)
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: "TracebackType | None",
+    ) -> None:
+        close_all(self._duplicate)

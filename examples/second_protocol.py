@@ -6,17 +6,19 @@ The seed's pseudo-code, line for line, as one script that plays both parts::
 
 Server (NSPR)                                   anonshm
   fm = PR_OpenAnonFileMap(dir, size, prot)      AnonymousMemory(size)
-  fmstring = PR_ExportFileMapAsString(fm)       fm.export()         -> "<fd>:<prot>"
+  fmstring = PR_ExportFileMapAsString(fm)       fm.export() / for_child()  -> "<fd>:<prot>"
   addr = PR_MemMap(fm)                          fm.map()
-  ... its own magic to create the child ...     subprocess.Popen(..., pass_fds=[fm.fileno()])
+  ... its own magic to create the child ...     with fm.for_child() as (fmstring, options):
+                                                    subprocess.run([..., fmstring], **options)
   PR_MemUnmap(addr); PR_CloseFileMap(fm)        the end of the with blocks
 Client
   fm = PR_ImportFileMapFromString(fmstring)     AnonymousMemory.from_token(fmstring)
   addr = PR_MemMap(fm)                          fm.map()
 
-The token is only a descriptor number: the child must inherit that very descriptor,
-which is why the server passes it with ``pass_fds`` (anonshm's descriptors are
-close-on-exec, so no other child ever sees it).
+The token is only a descriptor number (a handle on Windows): the child must inherit that
+very descriptor.  ``for_child()`` makes a duplicate for this one child and the Popen
+options that pass it (``pass_fds`` on POSIX, a handle list on Windows); anonshm's own
+descriptors are never inheritable, so no other child ever sees them.
 """
 
 from __future__ import annotations
@@ -31,15 +33,14 @@ REPLY_AT = SIZE // 2
 
 
 def server() -> int:
-    with AnonymousMemory(SIZE, name="second-protocol") as fm:
-        fmstring = fm.export()
-        with fm.map() as addr:
-            addr[0:5] = b"hello"
+    with AnonymousMemory(SIZE, name="second-protocol") as fm, fm.map() as addr:
+        addr[0:5] = b"hello"
+        with fm.for_child() as (fmstring, options):
             print(f"server: exported {fmstring!r} for {fm!r}")
             # The application's own technique to pass fmstring: the command line.
             argv = [sys.executable, __file__, "client", fmstring]
-            status = subprocess.run(argv, pass_fds=[fm.fileno()], check=False).returncode
-            reply = addr[REPLY_AT : REPLY_AT + 5]
+            status = subprocess.run(argv, check=False, **options).returncode
+        reply = addr[REPLY_AT : REPLY_AT + 5]
         print(f"server: client exited with {status}, replied {reply!r}")
         return 0 if status == 0 and reply == b"olleh" else 1
 

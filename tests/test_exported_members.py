@@ -10,6 +10,7 @@ def test_all_is_exactly_the_public_names() -> None:
     assert set(anonshm.__all__) >= {
         "AnonShmError",
         "AnonymousMemory",
+        "ForChild",
         "InheritError",
         "MemoryMap",
         "Protection",

@@ -134,27 +134,27 @@ def test_a_read_only_memory_cannot_be_mapped_for_writing_by_its_child() -> None:
 
 
 def test_the_token_protocol_by_the_application_s_own_means() -> None:
-    # What the README shows: a duplicate for this child alone, inheritable while it
-    # starts, passed in its handle list, and its token.
-    import os
-
+    # for_child(): a duplicate for this child alone, inheritable while it starts, in
+    # its handle list; the child imports it by token.
     with AnonymousMemory(4096, name="mine") as mem:
         with mem.map() as view:
             view[:5] = b"hello"
-        with mem.duplicate() as only:
-            os.set_handle_inheritable(only.fileno(), True)
-            info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [only.fileno()]})
+        with mem.for_child() as (token, options):
+            (passed,) = options["startupinfo"].lpAttributeList["handle_list"]
+            assert token == f"1:{passed}:2"
+            assert win32.handle_flags(passed) & win32.HANDLE_FLAG_INHERIT
             out = subprocess.run(
-                child(ANSWER, "token", only.export()),
-                startupinfo=info,
+                child(ANSWER, "token", token),
                 capture_output=True,
                 text=True,
                 timeout=120,
                 check=True,
+                **options,
             ).stdout
         assert out.split() == ["anonshm", "4096", "READ_WRITE", "hello"]
         with mem.map(length=11) as view:
             assert bytes(view.buf) == b"hello world"
+        assert run(child(RAW_PROBE, str(passed))).split()[:1] == ["refused"]
 
 
 def test_freeze_makes_this_handle_and_later_ones_read_only() -> None:
