@@ -7,20 +7,21 @@ handle cannot be mapped for writing.
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
-import subprocess
 import sys
 from typing import TYPE_CHECKING
 
-import pytest
+assert sys.platform == "win32" or not TYPE_CHECKING  # for type checkers: Windows only
 
-from anonshm import AnonShmError, AnonymousMemory, Protection, TokenError, spawn
-from anonshm import _win32 as win32
-from tests.windows import _workers
-from tests.windows._helpers import child, run
+import concurrent.futures  # noqa: E402
+import multiprocessing  # noqa: E402
+import subprocess  # noqa: E402
 
-assert sys.platform == "win32" or not TYPE_CHECKING
+import pytest  # noqa: E402
+
+from anonshm import AnonShmError, AnonymousMemory, Protection, TokenError, spawn  # noqa: E402
+from anonshm import _win32 as win32  # noqa: E402
+from tests.windows import _workers  # noqa: E402
+from tests.windows._helpers import child, run  # noqa: E402
 
 ERROR_ACCESS_DENIED = 5
 ERROR_INVALID_HANDLE = 6
