@@ -120,7 +120,14 @@ class _Borrow:
         exc: BaseException | None,
         tb: "TracebackType | None",
     ) -> None:
-        self._holder._leave(self._token)
+        holder = self._holder  # Holder._leave, inlined: this is every map's path
+        users = holder._users
+        try:
+            users.remove(self._token)
+        except ValueError:
+            return  # forgotten after a fork
+        if not users and holder._retired:
+            holder._drain()
 
 
 class Holder:
