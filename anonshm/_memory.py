@@ -663,7 +663,9 @@ class AnonymousMemory:
         the descriptor is closed when the send is done.
 
         Raises:
-            OSError: the socket is not a connected Unix socket, or the send failed.
+            OSError: the socket is not a Unix socket (``EAFNOSUPPORT``, checked before
+                anything is sent), not connected, or the send failed.
+            AnonShmError: the backend's sockets carry no descriptors (Windows).
 
         Example:
             >>> import socket
@@ -693,6 +695,12 @@ class AnonymousMemory:
                 too many, or the descriptor is not the anonymous memory announced.
                 Every descriptor that arrived is closed.
             EOFError: the peer closed the socket before sending anything.
+            OSError: the socket is not a Unix socket (``EAFNOSUPPORT``); or this
+                process's descriptor table is full (``EMFILE``: the memory is dropped).
+            TimeoutError: on a stream socket with a timeout (``BlockingIOError`` when
+                non-blocking), the whole message has not arrived; nothing was consumed,
+                so receive again later.
+            AnonShmError: the backend's sockets carry no descriptors (Windows).
 
         A memory whose pages another holder can take away is refused unless
         ``allow_resizable=True``: one whose size the kernel does not fix (not sealed:
@@ -700,7 +708,8 @@ class AnonymousMemory:
         pages that is not frozen (its sender could punch a hole and take them back).
         Either way a later touch would kill this process with ``SIGBUS``.  After a
         ``TokenError`` on a stream socket the rest of the rejected message may still be
-        queued: close the socket rather than receiving again.
+        queued: close the socket rather than receiving again.  A memory the sender froze
+        after sending it arrives ``READ_ONLY``.
 
         A peer that sends half a message and then waits keeps a blocking socket
         waiting too: give the socket a timeout (``sock.settimeout``) when the peer is
