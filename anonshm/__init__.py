@@ -12,7 +12,7 @@ from ._errors import AnonShmError, InheritError, TokenError
 from ._map import MemoryMap
 from ._memory import AnonymousMemory, ForChild
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from importlib.machinery import ModuleSpec

@@ -19,7 +19,7 @@ windows    Windows                   an unnamed section (``CreateFileMappingW``)
 import os
 import sys
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from typing import Any, Final, Protocol
 

@@ -11,11 +11,16 @@ costs (benchmarks/).  So at run time:
   enum is loaded the first time a caller asks for one (:func:`protection_member`).
 - The default ``protection=`` of ``AnonymousMemory`` is that plain int, shown by
   ``help()`` as ``Protection.READ_WRITE``.
+- Each module says ``TYPE_CHECKING = __name__ == "typing"`` instead of importing it from
+  ``typing``: False when run (no module of anonshm is named ``typing``), while type
+  checkers take any ``TYPE_CHECKING`` as True, and editors (jedi), which cannot fold the
+  comparison, read the guarded imports too -- with ``TYPE_CHECKING = False`` they skip
+  them, and never see ``spawn``, ``Protection`` or what the annotations name.
 """
 
 from ._wire import READ_WRITE
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from typing import Final, final, overload
 

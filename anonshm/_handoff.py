@@ -24,7 +24,7 @@ assert sys.platform != "win32"  # for type checkers: POSIX only: Windows sockets
 from ._errors import TokenError  # noqa: E402
 from ._wire import MAX_NAME_BYTES, check_name  # noqa: E402
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     import socket
     from typing import Final, NoReturn

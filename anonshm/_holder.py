@@ -36,7 +36,7 @@ from _weakref import ref  # weakref.ref, without importing weakref.py
 from ._backend import backend
 from ._net import forget, watch, watched
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType

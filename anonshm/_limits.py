@@ -47,7 +47,7 @@ import sys
 
 assert sys.platform == "linux"  # for type checkers: Linux only: it reads /proc and cgroups
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Final

@@ -8,7 +8,7 @@ from ._compat import protection_member
 from ._net import forget, watch
 from ._wire import PROTECTION_NAMES
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from _weakref import ref
     from collections.abc import Callable

@@ -23,7 +23,7 @@ from ._wire import (
     parse_inherit_fds,
 )
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     import socket
     from types import TracebackType

@@ -23,7 +23,7 @@ from ._holder import close_all
 from ._memory import AnonymousMemory
 from ._wire import READ_WRITE, check_protection
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Protocol

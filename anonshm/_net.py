@@ -11,7 +11,7 @@ and the process's exit closes and unmaps everything anyway.
 
 from _weakref import ref  # weakref.ref, without importing weakref.py
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 

@@ -36,7 +36,7 @@ from ._unix import (  # noqa: E402
 )
 from ._wire import format_token, parse_token  # noqa: E402
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Final

@@ -17,7 +17,7 @@ assert sys.platform != "win32"  # for type checkers: POSIX only (they skip the r
 from ._backend import Inspected  # noqa: E402
 from ._wire import WRITE_COPY  # noqa: E402
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from typing import Any, Final
 

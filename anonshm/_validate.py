@@ -7,7 +7,7 @@ A descriptor from a token, an inheritance, a socket or multiprocessing passes th
 
 from ._wire import READ_ONLY, READ_WRITE
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from ._backend import Inspected
     from ._errors import AnonShmError

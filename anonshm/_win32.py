@@ -13,7 +13,7 @@ import ctypes
 import struct
 import sys
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 assert sys.platform == "win32" or not TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from ._backend import Features, Inspected  # noqa: E402
 from ._errors import AnonShmError  # noqa: E402
 from ._winsection import close, duplicate, format_token, parse_token  # noqa: E402
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from typing import Any, Final
 

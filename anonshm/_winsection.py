@@ -31,7 +31,7 @@ from _weakref import ref
 from . import _win32, _wire
 from ._wire import READ_ONLY
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 assert sys.platform == "win32" or not TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ is refused with a message that says what was wrong.
 
 from ._errors import InheritError, TokenError
 
-TYPE_CHECKING = False
+TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     from typing import Final
 
