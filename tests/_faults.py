@@ -81,8 +81,8 @@ def run_interrupted_at(
     Returns whether the action ran (False: the call completed in fewer lines) and the
     type of what the trial raised (None if it returned).  What the call returned is
     given to ``dispose`` (by default its ``close()`` is called); it and the exception
-    are dropped, and garbage collected, before this returns,
-    so that a test can count descriptors right after.  The safety net may close what
+    are dropped before this returns, so that a test can count descriptors right after
+    (with :func:`settled`, which collects the garbage if need be).  The safety net may close what
     an interrupted call dropped (with a ``ResourceWarning``, ignored here): that is
     not a leak, since the descriptor is closed by then.
     """
@@ -118,8 +118,21 @@ def run_interrupted_at(
         if outcome is None:
             dispose(result)
             del result
-        gc.collect()
     return fired, outcome
+
+
+def settled(table: Callable[[], object], expected: object) -> bool:
+    """Whether ``table()`` is ``expected`` now, or once the garbage is collected.
+
+    Reference counting frees what a trial dropped at once; a full collection (slow,
+    with a test runner's many objects) runs only when something is still there.
+    """
+    if table() == expected:
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    return table() == expected
 
 
 def raise_interrupted() -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from anonshm import AnonymousMemory, MemoryMap, Protection
-from tests._faults import Interrupted, each_line, raise_interrupted, where
+from tests._faults import Interrupted, each_line, raise_interrupted, settled, where
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -174,8 +174,7 @@ def test_ctrl_c_at_any_line_leaves_nothing_open_and_closes_nothing_foreign(
         trials += 1
         assert outcome in (None, Interrupted), f"line {trials}: raised {outcome}"
         cleanups.pop()()
-        quiet_collect()
-        assert fd_table() == baseline, f"interrupted at {where}: descriptors differ"
+        assert settled(fd_table, baseline), f"interrupted at {where}: descriptors differ"
 
     lines = each_line(setup, raise_interrupted, check)
     assert lines >= 3  # the operation really ran under the tracer

@@ -24,7 +24,7 @@ from anonshm import (
     TokenError,
     spawn,
 )
-from tests._faults import Interrupted, each_line, raise_interrupted, where
+from tests._faults import Interrupted, each_line, raise_interrupted, settled, where
 from tests.conftest import child_env, is_closed, open_fds, python_child
 
 if TYPE_CHECKING:
@@ -424,7 +424,7 @@ def test_ctrl_c_at_any_line_of_spawn_leaks_nothing_and_closes_nothing_foreign() 
                 _reap(pid)
             assert outcome in (None, Interrupted), f"raised {outcome} at {where}"
             assert not left, f"child left running: interrupted at {where}"
-            assert open_fds() == before, f"descriptors leaked: interrupted at {where}"
+            assert settled(open_fds, before), f"descriptors leaked: interrupted at {where}"
             assert {one.fileno(), two.fileno()} == own
             assert not any(is_closed(fd) for fd in own), f"memory closed at {where}"
             outcomes.append(outcome)
