@@ -82,9 +82,9 @@ def run_interrupted_at(
     type of what the trial raised (None if it returned).  What the call returned is
     given to ``dispose`` (by default its ``close()`` is called); it and the exception
     are dropped before this returns, so that a test can count descriptors right after
-    (with :func:`settled`, which collects the garbage if need be).  The safety net may close what
-    an interrupted call dropped (with a ``ResourceWarning``, ignored here): that is
-    not a leak, since the descriptor is closed by then.
+    (with :func:`settled`, which collects the garbage if need be).  The safety net may
+    close what an interrupted call dropped (with a ``ResourceWarning``, ignored here):
+    that is not a leak, since the descriptor is closed by then.
     """
     seen = 0
     fired = False
