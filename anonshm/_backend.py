@@ -1,7 +1,9 @@
 """The one place that chooses the platform backend, and the interface every backend has.
 
 A backend is a module of plain functions that make the system calls -- nothing else
-in anonshm makes them -- over descriptors as ints (on Windows, handles).  The public
+in anonshm makes them -- over descriptors as ints (on Windows, handles).  A function
+that makes a descriptor appends it to the caller's ``pending`` list with :func:`take`,
+so that it has an owner from the instant it exists.  The public
 classes do the bookkeeping: state, checks, ownership, repr.
 
 =========  ========================  ===============================================
@@ -21,9 +23,21 @@ import sys
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Final, Protocol
 
-__all__ = ["Features", "Inspected", "available", "backend"]
+__all__ = ["Features", "Inspected", "available", "backend", "take"]
+
+
+def take(pending: list[int], make: "Callable[..., int]", *args: object) -> None:
+    """Append ``make(*args)`` to ``pending``: made and stored with no bytecode between.
+
+    CPython raises ``KeyboardInterrupt`` (and runs signal handlers) only between
+    bytecodes, so a descriptor made this way is never lost between its system call and
+    its owner's list.  ``make`` must be a built-in (``os.dup``, ``os.open``, ...): a
+    Python function has bytecode of its own.
+    """
+    pending.extend(map(make, *[(arg,) for arg in args]))
 
 
 class Features:
@@ -117,11 +131,11 @@ if TYPE_CHECKING:
         ) -> None:
             """Append a new read-write descriptor of ``size`` zero bytes (and its twin)."""
 
-        def readonly(self, fd: int, twin: int) -> int:
-            """A new read-only descriptor of the memory behind ``fd`` (``twin``: -1 or its twin)."""
+        def readonly(self, pending: list[int], fd: int, twin: int) -> None:
+            """Append a new read-only descriptor of ``fd``'s memory (``twin``: -1 or its twin)."""
 
-        def duplicate(self, fd: int) -> int:
-            """A new descriptor of the same open memory, with the same access."""
+        def duplicate(self, pending: list[int], fd: int) -> None:
+            """Append a new descriptor of the same open memory, with the same access."""
 
         def close(self, fd: int) -> None:
             """Close a descriptor."""
@@ -153,8 +167,8 @@ if TYPE_CHECKING:
         def parse_token(self, token: object) -> tuple[int, int]:
             """The descriptor and protection a token names; ``TokenError`` if malformed."""
 
-        def child_duplicate(self, fd: int) -> int:
-            """A duplicate for one child to inherit (``pass_to_child`` passes it)."""
+        def child_duplicate(self, pending: list[int], fd: int) -> None:
+            """Append a duplicate for one child to inherit (``pass_to_child`` passes it)."""
 
         def pass_to_child(self, options: "dict[str, Any]", fds: list[int]) -> None:
             """Set ``subprocess.Popen`` options so that the child gets exactly ``fds``."""

@@ -1,4 +1,4 @@
-"""Holder: who owns a memory's descriptor, at every line, in every thread and after fork.
+"""Holder: who owns a memory's descriptor, in every thread, in signal handlers, after fork.
 
 A handle's descriptor number must never be used after it was closed: by then the
 number may belong to some other file (the next ``open`` reuses it), and a map, a seal
@@ -7,31 +7,33 @@ a ``close()`` from a signal handler (or a ``__del__``) that interrupts this thre
 own ``map()`` re-enters it, and a child forked while another thread held it waits for
 ever.  So the holder needs no lock at all:
 
-- Every use of the descriptor *borrows* it (``with holder.borrow() as (fd, prot):``).
-  ``close()`` never closes a borrowed descriptor: it retires it, and the last borrower
-  to leave closes it.  Until then the number stays this file's, so whatever a borrower
-  was doing acts on the right file, and a number in use can never be reused.
-- The state is one tuple ``(fd, protection)`` in a list, replaced whole (``freeze()``
-  swaps in a read-only descriptor), so a borrower always reads a descriptor and its
-  protection together.
-- Every step that changes the state is one C-level list operation (``append``, ``pop``,
-  ``remove``), atomic under the GIL and in free-threaded builds alike.  A descriptor is
-  always in exactly one place: the caller's ``pending`` list (closed by the caller's
-  ``finally``) or the holder's lists; it moves between them within one line, so an
-  exception raised at any line (Ctrl-C) leaves nothing open and closes nothing foreign.
+- The descriptor and its protection (and the twin some backends keep) form a *state*.
+  ``freeze()`` replaces the state whole, so whoever reads one reads a descriptor and
+  the protection that goes with it.
+- Every use of the descriptor *borrows* the state (``with holder.borrow() as (fd,
+  protection, twin):``).  ``close()`` *retires* every state; a retired state's
+  descriptors are closed by whoever finds it retired with no borrower left: the
+  closer, or the last borrower.  A borrower registers, then looks whether the state is
+  retired; a closer marks it retired, then looks for borrowers: with sequentially
+  consistent memory (CPython's), one of them always sees the other, so a descriptor in
+  use is never closed, and a number in use is never reused.
+- Every step that changes ownership is one operation done in C: a list's ``append``,
+  ``pop`` or ``remove``, or a descriptor made and stored by ``_backend.take``
+  (``pending.extend(map(os.dup, ...))``) and closed and forgotten by :func:`close_all`,
+  in which no bytecode runs between the two halves.  CPython raises
+  ``KeyboardInterrupt`` (and runs signal handlers) only between bytecodes, so an
+  interrupt lands before such a step or after it, never inside.
+- A state stays in the holder until its descriptors are closed, so a ``close()`` that
+  an exception cut short, run again, finishes the job, as does the safety net.
 - After ``fork`` the child has only the forking thread: the borrows of the others can
-  never end there, so they are forgotten (``os.register_at_fork``) and the child can
-  use and close everything it inherited.
+  never end there, so they are forgotten (``os.register_at_fork``).
 
 The safety net is here too: a holder collected unclosed (its handle was dropped)
-closes its descriptors and issues a ``ResourceWarning``.  It is a weak reference whose
-callback holds only the lists, never the holder (see CPython's ``weakref.finalize``,
-which costs about 2 us per object; this costs about 0.1 us).
+closes its descriptors and issues a ``ResourceWarning`` (``_net``).
 """
 
 import os
 from _warnings import warn  # what warnings.warn is, without importing warnings.py
-from _weakref import ref  # weakref.ref, without importing weakref.py
 
 from ._backend import backend
 from ._net import forget, watch, watched
@@ -42,77 +44,88 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Final
 
-__all__ = ["Holder", "State", "close_all"]
+__all__ = ["Holder", "State", "close_all", "close_first"]
 
-# (descriptor, protection, twin): read together, replaced together.  The twin is the
-# read-only descriptor a backend without /proc keeps beside a read-write one, or -1.
+# What a borrower reads: (descriptor, protection, twin or -1).
 State = tuple[int, int, int]
 
 _CLOSED: "Final" = "I/O operation on a closed AnonymousMemory"
-
-
 _close = backend.close
 
 
 def close_all(pending: list[int]) -> None:
-    """Close what a failed call still owns (``pending`` is empty once a holder took it).
+    """Close every descriptor in ``pending`` (which ends empty; -1 entries are skipped).
 
-    Safe to call again after an interruption: each descriptor leaves the list in the
-    line that closes it.
+    Each is taken out and closed inside one C call, so an interrupt leaves each either
+    in the list, open, or out of it, closed; calling this again closes the rest.
     """
-    while pending:
-        _close(pending.pop())  # one line: popped and closed together
-
-
-def _collected(
-    current: list[State],
-    retired: list[int],
-    label: str,
-    _warn: "Callable[..., None]" = warn,
-    _close: "Callable[[int], None]" = _close,
-) -> None:
-    # The safety net's callback: the holder is gone, its lists are not.  Defaults bind
-    # what interpreter teardown may already have cleared from the module.
-    fds = [fd for state in current for fd in state[::2] if fd >= 0]
-    fds += [fd for fd in retired if fd >= 0]
-    current.clear()
-    retired.clear()
-    if not fds:
-        return
-    # Close first: with warnings as errors the warning raises, and the fds must go anyway.
     try:
-        for fd in fds:
-            _close(fd)
-    finally:
-        _warn(f"unclosed AnonymousMemory {label!r} fd={fds[0]}", ResourceWarning)
+        any(map(_close, iter(pending.pop, None)))  # pop() raises IndexError at the end
+    except IndexError:
+        pass
+
+
+def close_first(pending: list[int]) -> None:
+    """Close ``pending[0]`` and take it out, within one C call (see :func:`close_all`)."""
+    any(map(_close, map(pending.pop, (0,))))
+
+
+class _Owned:
+    """One state: descriptors (closed by whoever claims them first), protection, borrowers."""
+
+    __slots__ = ("fds", "protection", "retired", "users")
+
+    def __init__(self, protection: int) -> None:
+        self.fds: list[int] = []  # the descriptor, then its twin if any
+        self.protection = protection
+        self.retired = False
+        self.users: list[int] = []  # the id() of each borrow under way
+
+    def read(self) -> State:
+        fds = self.fds
+        return fds[0], self.protection, fds[1] if len(fds) > 1 else -1
+
+    def retire(self) -> None:
+        self.retired = True  # first: a borrower that registers from now on backs off
+        if not self.users:
+            close_all(self.fds)
+
+    def leave(self, key: int) -> None:
+        users = self.users
+        try:
+            users.remove(key)
+        except ValueError:
+            return  # it never registered, or it was forgotten after a fork
+        if self.retired and not users:
+            close_all(self.fds)
 
 
 class _Borrow:
-    """``with holder.borrow() as (fd, protection):`` -- the descriptor stays this file's.
+    """``with holder.borrow() as (fd, protection, twin):`` -- the descriptor stays open."""
 
-    The holder counts a borrow by its token, a weak reference to the borrow whose
-    callback ends it: a borrow whose ``with`` block never got to ``__exit__`` (an
-    exception raised at the very line that leaves the block) ends when the borrow
-    object goes, so a retired descriptor is never kept open for ever.
-    """
-
-    __slots__ = ("__weakref__", "_holder", "_token")
+    __slots__ = ("_holder", "_owned")
 
     def __init__(self, holder: "Holder") -> None:
         self._holder = holder
-        self._token = ref(self, holder._leave)
+        self._owned: _Owned | None = None
 
     def __enter__(self) -> State:
         holder = self._holder
-        try:
-            holder._users.append(self._token)
-            return holder._current[0]
-        except IndexError:
-            holder._leave(self._token)
-            raise ValueError(_CLOSED) from None
-        except BaseException:  # interrupted (Ctrl-C) after the append
-            holder._leave(self._token)
-            raise
+        key = id(self)
+        while True:
+            try:
+                owned = holder._current[0]
+            except IndexError:
+                raise ValueError(_CLOSED) from None
+            self._owned = owned
+            owned.users.append(key)
+            if not owned.retired:
+                return owned.read()
+            # Retired since it was read: closed, or replaced by freeze() (read again).
+            self._owned = None
+            owned.leave(key)
+            if holder._closed:
+                raise ValueError(_CLOSED)
 
     def __exit__(
         self,
@@ -120,14 +133,30 @@ class _Borrow:
         exc: BaseException | None,
         tb: "TracebackType | None",
     ) -> None:
-        holder = self._holder  # Holder._leave, inlined: this is every map's path
-        users = holder._users
-        try:
-            users.remove(self._token)
-        except ValueError:
-            return  # forgotten after a fork
-        if not users and holder._retired:
-            holder._drain()
+        owned = self._owned
+        if owned is not None:
+            owned.leave(id(self))  # first: interrupted after it, __del__ leaves again
+            self._owned = None
+
+    # The one __del__ of the package: it ends a borrow whose with block an exception
+    # cut short before __exit__ ran (an interrupt at __exit__'s first bytecode).  A
+    # weak reference's callback would do the same at twice the cost of every borrow.
+    def __del__(self) -> None:
+        owned = getattr(self, "_owned", None)  # None too if __init__ was cut short
+        if owned is not None:
+            self._owned = None
+            owned.leave(id(self))
+
+
+def _collected(states: "list[_Owned]", label: str, _warn: "Callable[..., None]" = warn) -> None:
+    # The safety net's callback: the holder is gone, its states are not.  Nothing
+    # borrows any more (a borrow holds the holder).  The default binds what teardown
+    # may already have cleared from the module.
+    fds = [fd for owned in states for fd in owned.fds if fd >= 0]
+    for owned in states:
+        close_all(owned.fds)
+    if fds:
+        _warn(f"unclosed AnonymousMemory {label!r} fd={fds[0]}", ResourceWarning)
 
 
 class Holder:
@@ -141,25 +170,15 @@ class Holder:
         label: the name shown by the safety net's warning.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_closed",
-        "_current",
-        "_retired",
-        "_users",
-        "_watcher",
-        "last_protection",
-    )
+    __slots__ = ("__weakref__", "_closed", "_current", "_states", "_watcher")
 
     def __init__(self, pending: list[int], protection: int, label: str) -> None:
         self._closed = False
-        self.last_protection = protection  # what repr() shows once closed
-        self._users: list[ref[_Borrow]] = []
-        self._retired: list[int] = []
-        self._current: list[State] = []
-        self._watcher = watch(self, _collected, self._current, self._retired, label)
-        # Last, in one line: ownership moves here.
-        self._current.append((pending.pop(0), protection, pending.pop() if pending else -1))
+        owned = _Owned(protection)
+        self._states = [owned]  # every state whose descriptors may still be open
+        self._current = [owned]  # what a borrower reads: [0] (two during a replace)
+        self._watcher = watch(self, _collected, self._states, label)
+        owned.fds.extend(map(pending.pop, [0] * len(pending)))  # last: ownership moves
 
     @property
     def closed(self) -> bool:
@@ -167,10 +186,17 @@ class Holder:
         return self._closed
 
     @property
+    def protection(self) -> int:
+        """The protection of the newest state (what ``repr`` shows, closed or not)."""
+        return self._states[-1].protection
+
+    @property
     def state(self) -> State:
-        """``(fd, protection)`` now; a ``ValueError`` once closed."""
+        """``(fd, protection, twin)`` now; a ``ValueError`` once closed."""
+        if self._closed:
+            raise ValueError(_CLOSED)
         try:
-            return self._current[0]
+            return self._current[0].read()
         except IndexError:
             raise ValueError(_CLOSED) from None
 
@@ -179,72 +205,50 @@ class Holder:
         return _Borrow(self)
 
     def replace(self, old: State, pending: list[int], protection: int) -> bool:
-        """Swap ``old`` for the descriptor in ``pending``; False if closed meanwhile.
+        """Swap the borrowed state ``old`` for the descriptor in ``pending``.
 
-        Call it while borrowing ``old``.  The old descriptor is retired (closed once
-        nobody borrows it); if the holder was closed meanwhile, the new one is too.
+        False if the holder was closed, or the state replaced, meanwhile; the new
+        descriptor is retired then.  The old one is retired: closed once nobody
+        borrows it (the caller does, until its block ends).
         """
+        owned = _Owned(protection)
+        self._states.append(owned)
+        owned.fds.extend(map(pending.pop, [0] * len(pending)))  # ownership moves: in C
         current = self._current
-        # One line: moved from `pending` (both old and new present: readers see old).
-        current.append(new := (pending.pop(0), protection, pending.pop() if pending else -1))
+        previous = next((known for known in current if known.read() == old), owned)
+        current.append(owned)  # both present: readers see the old one, until...
         try:
-            # Compare-and-swap: remove() fails if a close() or another replace() took
-            # `old` meanwhile.  One line: removed and retired together (None or ...).
-            current.remove(old) or self._retired.extend(old[::2])  # type: ignore[func-returns-value]
+            if previous is owned:
+                raise ValueError  # replaced already
+            current.remove(previous)  # ...this compare-and-swap (fails if taken meanwhile)
         except ValueError:
-            try:
-                current.remove(new) or self._retired.extend(new[::2])  # type: ignore[func-returns-value]
-            except ValueError:
-                pass  # a close() took it, and retired it
+            current.remove(owned)
+            owned.retire()
             return False
-        self.last_protection = protection
+        previous.retire()
         if self._closed:  # a close() ran between the append and the remove
             self.close()
         return True
 
-    def close(self) -> bool:
-        """Close the descriptor (once nobody borrows it); True if this call closed it."""
+    def close(self) -> None:
+        """Retire every state: each descriptor closes once nobody borrows it."""
         self._closed = True
-        current = self._current
-        closed = False
-        while current:
-            try:
-                self._retired.extend(current.pop()[::2])  # one line: never in no list
-            except IndexError:
-                break
-            closed = True
-        if not self._users:  # closes it now, or what an interrupted borrower left
-            self._drain()
-        return closed
+        for owned in self._states[:]:
+            owned.retire()
 
     def forget(self) -> None:
         """Disarm the safety net: the handle was closed on purpose."""
         forget(self._watcher)
-
-    def _leave(self, token: "ref[_Borrow]") -> None:
-        users = self._users
-        try:
-            users.remove(token)
-        except ValueError:
-            return  # interrupted before the append, or forgotten after a fork
-        if not users and self._retired:
-            self._drain()
-
-    def _drain(self) -> None:
-        retired = self._retired
-        while retired:
-            try:
-                _close(fd) if (fd := retired.pop()) >= 0 else None  # one line: popped, closed
-            except IndexError:
-                break
 
 
 def _after_fork_in_child() -> None:
     # Only the forking thread lives on: the borrows of every other thread never end.
     for holder in watched(_collected):
         assert isinstance(holder, Holder)
-        holder._users.clear()
-        holder._drain()
+        for owned in holder._states:
+            owned.users.clear()
+            if owned.retired:
+                close_all(owned.fds)
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork

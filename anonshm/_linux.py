@@ -14,7 +14,7 @@ import sys
 
 assert sys.platform == "linux"  # for type checkers: Linux only (they skip the rest elsewhere)
 
-from ._backend import Features, Inspected  # noqa: E402
+from ._backend import Features, Inspected, take  # noqa: E402
 from ._errors import AnonShmError  # noqa: E402
 from ._unix import (  # noqa: E402
     backing_file,
@@ -111,14 +111,14 @@ def create(pending: list[int], name: str, size: int, directory: str | None, rese
 def _memfd(pending: list[int], name: str) -> None:
     global _memfd_flags
     try:
-        pending.append(os.memfd_create(name, _memfd_flags))
+        take(pending, os.memfd_create, name, _memfd_flags)
     except OSError as exc:
         if exc.errno != errno.EINVAL or not _memfd_flags & MFD_NOEXEC_SEAL:
             raise
     else:
         return
     _memfd_flags &= ~MFD_NOEXEC_SEAL
-    pending.append(os.memfd_create(name, _memfd_flags))
+    take(pending, os.memfd_create, name, _memfd_flags)
 
 
 def seals(fd: int) -> int:
@@ -161,10 +161,10 @@ def freeze(fd: int) -> None:
         ) from exc
 
 
-def readonly(fd: int, twin: int) -> int:
-    """A new read-only descriptor of the open file behind ``fd`` (Linux needs no twin)."""
+def readonly(pending: list[int], fd: int, twin: int) -> None:
+    """Append a new read-only descriptor of the open file behind ``fd`` (no twin needed)."""
     try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        take(pending, os.open, f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         if os.path.isdir("/proc/self/fd"):
             raise

@@ -9,7 +9,7 @@ from . import _validate
 from ._backend import backend
 from ._compat import DEFAULT_PROTECTION, protection_member
 from ._errors import AnonShmError, InheritError, TokenError
-from ._holder import Holder, close_all
+from ._holder import Holder, close_all, close_first
 from ._map import MemoryMap
 from ._wire import (
     INHERIT_VARIABLE,
@@ -169,8 +169,8 @@ class AnonymousMemory:
                 # A read-only memory holds only a read-only descriptor: the twin where
                 # the backend made one, else one made now.
                 if not backend.TWIN:
-                    pending.append(backend.readonly(pending[0], -1))
-                backend.close(pending.pop(0))  # the read-write one: never handed anywhere
+                    backend.readonly(pending, pending[0], -1)
+                close_first(pending)  # the read-write one: never handed anywhere
             self._own(pending, size, name, prot)
         finally:
             close_all(pending)
@@ -217,8 +217,8 @@ class AnonymousMemory:
         if info.access == "rw" and protection != READ_WRITE:
             # A read-only memory holds a read-only descriptor, whatever it was given:
             # handed on, it must not give the next process write access back.
-            pending.append(backend.readonly(fd, -1))
-            backend.close(pending.pop(0))
+            backend.readonly(pending, fd, -1)
+            close_first(pending)
         self = cls.__new__(cls)
         self._own(pending, info.size, name, protection)
         return self
@@ -237,7 +237,7 @@ class AnonymousMemory:
         pending: list[int] = []
         try:
             try:
-                pending.append(backend.duplicate(fd))  # close-on-exec
+                backend.duplicate(pending, fd)  # close-on-exec
             except OSError as exc:
                 if exc.errno != errno.EBADF:
                     raise
@@ -330,8 +330,7 @@ class AnonymousMemory:
         holder = self._holder
         if holder is None:
             return READ_WRITE
-        current = holder._current
-        return current[0][1] if current else holder.last_protection
+        return holder.protection
 
     @property
     def closed(self) -> bool:
@@ -548,12 +547,10 @@ class AnonymousMemory:
                         f"cannot duplicate a {PROTECTION_NAMES[have]} memory as "
                         f"{PROTECTION_NAMES[wanted]}"
                     )
-                # Each on one line: a statement over several lines can be interrupted
-                # between its lines, after the descriptor exists and before it is kept.
                 if wanted == READ_WRITE:
-                    pending.append(backend.duplicate(fd))
+                    backend.duplicate(pending, fd)
                 else:
-                    pending.append(backend.readonly(fd, twin))
+                    backend.readonly(pending, fd, twin)
             copy = type(self).__new__(type(self))
             copy._own(pending, self._size, self._name, wanted)
             return copy
@@ -601,12 +598,15 @@ class AnonymousMemory:
                     if frozen or self._froze:
                         return
                     raise AnonShmError(f"cannot freeze {self._name!r} through a read-only handle")
-                pending.append(backend.readonly(fd, twin))  # all that can fail, first
+                backend.readonly(pending, fd, twin)  # all that can fail, first
                 if not frozen:
                     try:
                         backend.freeze(fd)
                     except AnonShmError as exc:
-                        raise AnonShmError(f"cannot freeze {self._name!r}: {exc}") from None
+                        # Refused because another freeze() (another thread or handle)
+                        # sealed it first: frozen all the same.
+                        if not backend.inspect(fd).frozen:
+                            raise AnonShmError(f"cannot freeze {self._name!r}: {exc}") from None
                 holder.replace(state, pending, READ_ONLY)
                 self._froze = True
         finally:
@@ -620,7 +620,7 @@ class AnonymousMemory:
         close() in another thread runs meanwhile.
         """
         with self._live().borrow() as (fd, _, _):
-            pending.append(backend.child_duplicate(fd))
+            backend.child_duplicate(pending, fd)
 
     def close(self) -> None:
         """Close this handle and unmap every map made through it; again does nothing.
@@ -770,8 +770,10 @@ class AnonymousMemory:
 
     def __repr__(self) -> str:
         holder = self._holder
-        current = () if holder is None or holder._closed else holder._current
-        state = f"fd={current[0][0]}" if current else "closed"  # a handle on Windows
+        try:
+            state = "closed" if holder is None else f"fd={holder.state[0]}"  # Windows: a handle
+        except ValueError:
+            state = "closed"
         return (
             f"<AnonymousMemory {self._name!r} size={self._size} "
             f"protection={PROTECTION_NAMES[self._protection]} {state}>"
@@ -799,7 +801,7 @@ class ForChild:
         owned = self._duplicate
         try:
             with self._memory._live().borrow() as (fd, protection, _):
-                owned.append(backend.child_duplicate(fd))
+                backend.child_duplicate(owned, fd)
             options: dict[str, Any] = {}
             backend.pass_to_child(options, owned[:])
             return backend.format_token(owned[0], protection), options

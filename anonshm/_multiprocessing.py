@@ -18,6 +18,7 @@ import os
 import sys
 from _thread import get_ident
 
+from ._backend import take
 from ._errors import TokenError
 from ._holder import close_all
 from ._memory import AnonymousMemory
@@ -77,8 +78,10 @@ def _duplicate(fd: int, protection: int) -> _DupFd:
         return dup
     # A Process being started: the number is passed to the child a moment later, so
     # pass a duplicate of our own, closed when the Popen goes.
-    util.Finalize(popen, os.close, ((own := os.dup(fd)),))  # one line: owned at once
-    shared: _DupFd = popen.DupFd(popen.duplicate_for_child(own))
+    own: list[int] = []
+    util.Finalize(popen, close_all, (own,))  # first: the duplicate is owned when it exists
+    take(own, os.dup, fd)
+    shared: _DupFd = popen.DupFd(popen.duplicate_for_child(own[0]))
     return shared
 
 

@@ -21,7 +21,7 @@ import sys
 
 assert sys.platform != "win32"  # for type checkers: POSIX only (they skip the rest elsewhere)
 
-from ._backend import Features, Inspected  # noqa: E402
+from ._backend import Features, Inspected, take  # noqa: E402
 from ._errors import AnonShmError  # noqa: E402
 from ._unix import (  # noqa: E402
     backing_file,
@@ -32,6 +32,7 @@ from ._unix import (  # noqa: E402
     inspect_fd,
     map,
     pass_to_child,
+    unlink_quietly,
     unmap,
 )
 from ._wire import format_token, parse_token  # noqa: E402
@@ -95,14 +96,19 @@ def create(pending: list[int], name: str, size: int, directory: str | None, rese
 def _shm(pending: list[int]) -> None:
     for _ in range(_TRIES):
         path = NAME_PREFIX + os.urandom(10).hex()
+        made = len(pending)
         try:
-            pending.append(_shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            take(pending, _shm_open, path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            take(pending, _shm_open, path, os.O_RDONLY, 0)
         except FileExistsError:
-            continue
-        try:
-            pending.append(_shm_open(path, os.O_RDONLY, 0))
+            if len(pending) == made:
+                continue  # the name was taken: another one
+            raise
         finally:
-            _shm_unlink(path)
+            # From the try on, whatever interrupts these calls (Ctrl-C), a name that
+            # was made is unlinked: unlike a descriptor, it would outlive the process.
+            if len(pending) > made:
+                unlink_quietly(path, _shm_unlink)
         return
     raise FileExistsError(errno.EEXIST, "no free name for a shared memory object")
 
@@ -133,9 +139,9 @@ def freeze(fd: int) -> None:
     )
 
 
-def readonly(fd: int, twin: int) -> int:
-    """A read-only descriptor: a duplicate of the twin; without one, of ``fd`` itself."""
-    return os.dup(twin if twin >= 0 else fd)
+def readonly(pending: list[int], fd: int, twin: int) -> None:
+    """Append a read-only descriptor: a duplicate of the twin; without one, of ``fd``."""
+    take(pending, os.dup, twin if twin >= 0 else fd)
 
 
 def kernel_name(fd: int) -> str | None:

@@ -14,11 +14,12 @@ import sys
 
 assert sys.platform != "win32"  # for type checkers: POSIX only (they skip the rest elsewhere)
 
-from ._backend import Inspected  # noqa: E402
+from ._backend import Inspected, take  # noqa: E402
 from ._wire import WRITE_COPY  # noqa: E402
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any, Final
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "inspect_fd",
     "map",
     "pass_to_child",
+    "unlink_quietly",
     "unmap",
 ]
 
@@ -60,8 +62,12 @@ TMPFILE_FLAGS: "Final" = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | os.O_EXCL | o
 _NAMED_FLAGS: "Final" = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NAMED_TRIES: "Final" = 20  # NSPR's own bound on the names it tries
 
-duplicate = os.dup  # close-on-exec, like every descriptor Python makes
 close = os.close
+
+
+def duplicate(pending: list[int], fd: int) -> None:
+    """Append a close-on-exec duplicate of ``fd``."""
+    take(pending, os.dup, fd)
 
 
 def backing_file(pending: list[int], directory: str, *, twin: bool) -> None:
@@ -73,7 +79,7 @@ def backing_file(pending: list[int], directory: str, *, twin: bool) -> None:
     """
     if not twin and TMPFILE_FLAGS & ~(os.O_RDWR | os.O_EXCL | os.O_CLOEXEC):
         try:
-            pending.append(os.open(directory, TMPFILE_FLAGS, 0o600))
+            take(pending, os.open, directory, TMPFILE_FLAGS, 0o600)
         except OSError as exc:
             # EOPNOTSUPP: the filesystem lacks O_TMPFILE; EISDIR/EINVAL: the kernel does.
             if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
@@ -82,17 +88,30 @@ def backing_file(pending: list[int], directory: str, *, twin: bool) -> None:
             return
     for _ in range(_NAMED_TRIES):
         path = os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")
+        made = len(pending)
         try:
-            pending.append(os.open(path, _NAMED_FLAGS, 0o600))
-        except FileExistsError:
-            continue
-        try:
+            take(pending, os.open, path, _NAMED_FLAGS, 0o600)
             if twin:
-                pending.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+                take(pending, os.open, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileExistsError:
+            if len(pending) == made:
+                continue  # the name was taken: another one
+            raise
         finally:
-            os.unlink(path)  # the name exists for these few calls only
+            # The name exists for these few calls only: from the try on, whatever
+            # interrupts them, the file that was made is unlinked.
+            if len(pending) > made:
+                unlink_quietly(path)
         return
     raise FileExistsError(errno.EEXIST, "no free name for a backing file", directory)
+
+
+def unlink_quietly(path: str, unlink: "Callable[[str], None]" = os.unlink) -> None:
+    """Unlink ``path``; one that is gone already is no error."""
+    try:
+        unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def inspect_fd(fd: int, *, fixed_size: bool, frozen: bool, revocable: bool) -> Inspected:
@@ -191,7 +210,9 @@ def _advise(mm: mmap.mmap, advice: int) -> None:
 
 # How a child gets a descriptor: a close-on-exec duplicate, made inheritable between
 # fork and exec for that child alone (pass_fds), at the same number.
-child_duplicate = os.dup
+def child_duplicate(pending: list[int], fd: int) -> None:
+    """Append a close-on-exec duplicate of ``fd``; ``pass_fds`` hands it to one child."""
+    take(pending, os.dup, fd)
 
 
 def pass_to_child(options: "dict[str, Any]", fds: list[int]) -> None:

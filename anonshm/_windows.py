@@ -15,9 +15,9 @@ import sys
 assert sys.platform == "win32"  # for type checkers: Windows only
 
 from . import _winsection  # noqa: E402 - after the platform check
-from ._backend import Features, Inspected  # noqa: E402
+from ._backend import Features, Inspected, take  # noqa: E402
 from ._errors import AnonShmError  # noqa: E402
-from ._winsection import close, duplicate, format_token, parse_token  # noqa: E402
+from ._winsection import close, format_token, parse_token  # noqa: E402
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
@@ -61,12 +61,21 @@ def create(pending: list[int], name: str, size: int, directory: str | None, rese
             "directory= has no meaning on Windows: a memory is always an unnamed section "
             "of the page file (NSPR ignores its directory there too)"
         )
-    pending.append(_winsection.create(size))
+    take(pending, _winsection.create, size)
 
 
-def readonly(fd: int, twin: int) -> int:
-    """A new handle of the same section with ``FILE_MAP_READ`` access only."""
-    return _winsection.reopen_readonly(fd)
+# Windows' calls are ctypes wrappers (Python): an interrupt inside one can still lose
+# the handle it made, unlike the built-in calls of the POSIX backends.
+
+
+def readonly(pending: list[int], fd: int, twin: int) -> None:
+    """Append a new handle of the same section with ``FILE_MAP_READ`` access only."""
+    take(pending, _winsection.reopen_readonly, fd)
+
+
+def duplicate(pending: list[int], fd: int) -> None:
+    """Append a new non-inheritable handle of the same section, with the same access."""
+    take(pending, _winsection.duplicate, fd)
 
 
 def inspect(fd: int) -> Inspected:
@@ -120,9 +129,9 @@ def flush(mapping: object) -> None:
     """Nothing to write back: a pagefile section has no file."""
 
 
-def child_duplicate(fd: int) -> int:
-    """An inheritable duplicate for one child, given it through its handle list."""
-    return _winsection.inheritable_duplicate_for_child(fd)
+def child_duplicate(pending: list[int], fd: int) -> None:
+    """Append an inheritable duplicate for one child, given it through its handle list."""
+    take(pending, _winsection.inheritable_duplicate_for_child, fd)
 
 
 def pass_to_child(options: "dict[str, Any]", fds: list[int]) -> None:

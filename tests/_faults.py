@@ -31,7 +31,7 @@ where: list[str] = []  # the line the last action ran at, for the tests' message
 
 
 def _nop(frame: FrameType) -> bool:
-    """Whether the line is a ``try:``, which compiles to a NOP.
+    """Whether the line is a ``try:`` or a ``pass``, which compile to a NOP.
 
     CPython never checks for a pending signal at a NOP, so Ctrl-C cannot arrive
     there; and an exception that a trace function raises at it escapes every handler
@@ -39,10 +39,10 @@ def _nop(frame: FrameType) -> bool:
     tracing, not a line where anything can really happen.
     """
     line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
-    return line.strip() == "try:"
+    return line.strip() in ("try:", "pass")
 
 
-_CALLBACKS = frozenset({"_collected", "_fire", "_warn_unclosed"})
+_CALLBACKS = frozenset({"_collected", "_fire", "_warn_unclosed", "_Borrow.__del__"})
 
 
 def _collecting(frame: FrameType) -> bool:
