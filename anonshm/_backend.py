@@ -20,6 +20,7 @@ windows    Windows                   an unnamed section (``CreateFileMappingW``)
 
 import os
 import sys
+from itertools import starmap
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def take(pending: list[int], make: "Callable[..., int]", *args: object) -> None:
     its owner's list.  ``make`` must be a built-in (``os.dup``, ``os.open``, ...): a
     Python function has bytecode of its own.
     """
-    pending.extend(map(make, *[(arg,) for arg in args]))
+    pending.extend(starmap(make, (args,)))
 
 
 class Features:

@@ -59,10 +59,12 @@ def close_all(pending: list[int]) -> None:
     Each is taken out and closed inside one C call, so an interrupt leaves each either
     in the list, open, or out of it, closed; calling this again closes the rest.
     """
+    if not pending:  # the common case, a call's finally after its success: no exception
+        return
     try:
-        any(map(_close, iter(pending.pop, None)))  # pop() raises IndexError at the end
+        any(map(_close, map(pending.pop, [-1] * len(pending))))
     except IndexError:
-        pass
+        pass  # another thread took some of them meanwhile, to close them itself
 
 
 def close_first(pending: list[int]) -> None:
