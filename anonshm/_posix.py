@@ -21,7 +21,7 @@ import sys
 
 from ._backend import Features, Inspected
 from ._errors import AnonShmError
-from ._unix import backing_file, close, duplicate, flush, inspect_fd, map, unmap
+from ._unix import backing_file, check_twin, close, duplicate, flush, inspect_fd, map, unmap
 
 assert sys.platform != "win32"  # for type checkers: POSIX only
 
@@ -79,15 +79,20 @@ def create(pending: list[int], name: str, size: int, directory: str | None, rese
 
 def _shm(pending: list[int]) -> None:
     for _ in range(_TRIES):
-        path = NAME_PREFIX + os.urandom(10).hex()
+        # In `names` before the object exists: an exception at any line (Ctrl-C) after
+        # the open still unlinks it.  A name left behind would last until reboot.
+        names = [NAME_PREFIX + os.urandom(10).hex()]
         try:
-            pending.append(_shm_open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            pending.append(_shm_open(names[0], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             continue
         try:
-            pending.append(_shm_open(path, os.O_RDONLY, 0))
+            pending.append(_shm_open(names[0], os.O_RDONLY, 0))
+            check_twin(pending, names[0])
+            _shm_unlink(names.pop())  # the name exists for these two opens only
         finally:
-            _shm_unlink(path)
+            if names:  # interrupted before the unlink: the name goes all the same
+                _shm_unlink(names.pop())
         return
     raise FileExistsError(errno.EEXIST, "no free name for a shared memory object")
 

@@ -25,6 +25,7 @@ __all__ = [
     "MMAP_ARGS",
     "TMPFILE_FLAGS",
     "backing_file",
+    "check_twin",
     "close",
     "duplicate",
     "flush",
@@ -79,18 +80,37 @@ def backing_file(pending: list[int], directory: str, *, twin: bool) -> None:
         else:
             return
     for _ in range(_NAMED_TRIES):
-        path = os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")
+        # In `names` before the file exists: an exception at any line (Ctrl-C) after
+        # the open still unlinks it, as `pending` closes the descriptors.
+        names = [os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")]
         try:
-            pending.append(os.open(path, _NAMED_FLAGS, 0o600))
+            pending.append(os.open(names[0], _NAMED_FLAGS, 0o600))
         except FileExistsError:
             continue
         try:
             if twin:
-                pending.append(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+                pending.append(os.open(names[0], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+                check_twin(pending, names[0])
+            os.unlink(names.pop())  # the name exists for these few calls only
         finally:
-            os.unlink(path)  # the name exists for these few calls only
+            if names:  # interrupted before the unlink: the name goes all the same
+                os.unlink(names.pop())
         return
     raise FileExistsError(errno.EEXIST, "no free name for a backing file", directory)
+
+
+def check_twin(pending: list[int], path: str) -> None:
+    """Refuse a read-only twin (``pending[-1]``) that is not the file just made.
+
+    Between the two opens, a process that may write to the directory can unlink or
+    rename the name and put a file of its own there: the twin, which every read-only
+    handle of the memory shares, would show that file instead.
+    """
+    made, twin = os.fstat(pending[-2]), os.fstat(pending[-1])
+    if (made.st_dev, made.st_ino) != (twin.st_dev, twin.st_ino):
+        raise FileExistsError(
+            errno.EEXIST, "another file took the name before the read-only twin was opened", path
+        )
 
 
 def inspect_fd(fd: int, *, fixed_size: bool, frozen: bool, revocable: bool) -> Inspected:

@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from anonshm import AnonymousMemory, MemoryMap, Protection
+from anonshm import AnonShmError, AnonymousMemory, MemoryMap, Protection
 from tests._faults import Interrupted, each_line, raise_interrupted, where
+from tests.conftest import (
+    ALLOW_RESIZABLE,
+    FEATURES,
+    assert_freeze_refused,
+    leaked_shm_names,
+    shm_names,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,6 +105,11 @@ def op_freeze(tmp_path: Path) -> Operation:
     return (mem.freeze, mem.close)
 
 
+def op_freeze_in_directory(tmp_path: Path) -> Operation:
+    mem = AnonymousMemory(4096, directory=tmp_path)  # cannot be sealed: always refused
+    return (mem.freeze, mem.close)
+
+
 def op_map(tmp_path: Path) -> Operation:
     mem = AnonymousMemory(4096)
     return (mem.map, mem.close)
@@ -120,7 +132,7 @@ def op_send_receive(tmp_path: Path) -> Operation:
 
     def call() -> object:
         mem.send(left)
-        return AnonymousMemory.receive(right)
+        return AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE)
 
     def cleanup() -> None:
         right.setblocking(False)
@@ -148,19 +160,42 @@ OPERATIONS = {
     "inherited": op_inherited,
     "duplicate-read-only": op_duplicate,
     "freeze": op_freeze,
+    "freeze-in-directory": op_freeze_in_directory,
     "map": op_map,
     "close": op_close,
     "send-receive": op_send_receive,
 }
 
 
-@pytest.mark.parametrize("operation", list(OPERATIONS), ids=list(OPERATIONS))
+# The freezes the backend refuses.  A refused freeze has made its read-only descriptor,
+# and raises: Ctrl-C at the line of the finally that would close it leaves it open.
+# The fix is in _memory.freeze (close it before raising), outside this branch: see the
+# posix-tests report.
+_REFUSED = {"freeze-in-directory"} | (set() if FEATURES.freeze else {"freeze"})
+_OPERATION_PARAMS = [
+    pytest.param(
+        name,
+        id=name,
+        marks=pytest.mark.xfail(
+            reason="a refused freeze() leaks its read-only descriptor to Ctrl-C in its finally",
+            strict=True,
+        )
+        if name in _REFUSED
+        else (),
+    )
+    for name in OPERATIONS
+]
+
+
+@pytest.mark.parametrize("operation", _OPERATION_PARAMS)
 def test_ctrl_c_at_any_line_leaves_nothing_open_and_closes_nothing_foreign(
     operation: str, tmp_path: Path
 ) -> None:
     make = OPERATIONS[operation]
+    refusal = AnonShmError if operation in _REFUSED else None  # what an uninterrupted one ends in
     quiet_collect()
     baseline = fd_table()
+    names = shm_names()
     trials = 0
     cleanups: list[Callable[[], None]] = []
 
@@ -172,10 +207,13 @@ def test_ctrl_c_at_any_line_leaves_nothing_open_and_closes_nothing_foreign(
     def check(outcome: type[BaseException] | None) -> None:
         nonlocal trials
         trials += 1
-        assert outcome in (None, Interrupted), f"line {trials}: raised {outcome}"
+        assert outcome in (refusal, Interrupted), f"line {trials}: raised {outcome}"
         cleanups.pop()()
         quiet_collect()
         assert fd_table() == baseline, f"interrupted at {where}: descriptors differ"
+        # Nor a name: a shared memory object's, or a backing file's in the directory.
+        assert leaked_shm_names(names) == set(), f"interrupted at {where}: names left"
+        assert list(tmp_path.iterdir()) == [], f"interrupted at {where}: a file left"
 
     lines = each_line(setup, raise_interrupted, check)
     assert lines >= 3  # the operation really ran under the tracer
@@ -232,6 +270,10 @@ def test_a_handler_that_closes_and_reopens_at_any_line_of_map() -> None:
 def test_a_handler_that_closes_and_reopens_at_any_line_of_freeze() -> None:
     others: list[AnonymousMemory] = []
     state: dict[str, AnonymousMemory] = {}
+    if not FEATURES.freeze:
+        with AnonymousMemory(4096, name="mine") as mem:
+            assert_freeze_refused(mem)
+        return
 
     def setup() -> Callable[[], object]:
         state["mem"] = AnonymousMemory(4096, name="mine")
