@@ -34,6 +34,10 @@ REOPENS_READ_ONLY: Final = not backend.TWIN
 """Whether any read-write descriptor can be made read-only (Linux reopens it through
 /proc); else only the read-only twin of a memory made here is (the posix backend)."""
 
+NAMED_FOR_A_MOMENT: Final = backend.TWIN
+"""Whether a new memory has a name for two system calls: its read-only twin is opened
+by that name before the unlink (NSPR's strategy).  SIGKILL between them leaves it."""
+
 SHM_PREFIX: Final = "anonshm."
 """How the names the posix backend gives its shared memory objects begin (in /dev/shm)."""
 
