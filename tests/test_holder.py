@@ -26,8 +26,9 @@ from tests.conftest import (
     ALLOW_RESIZABLE,
     FEATURES,
     assert_freeze_refused,
-    leaked_shm_names,
-    shm_names,
+    open_files,
+    pending_fix,
+    shm_names_of,
 )
 
 if TYPE_CHECKING:
@@ -169,19 +170,12 @@ OPERATIONS = {
 
 # The freezes the backend refuses.  A refused freeze has made its read-only descriptor,
 # and raises: Ctrl-C at the line of the finally that would close it leaves it open.
-# The fix is in _memory.freeze (close it before raising), outside this branch: see the
-# posix-tests report.
 _REFUSED = {"freeze-in-directory"} | (set() if FEATURES.freeze else {"freeze"})
 _OPERATION_PARAMS = [
     pytest.param(
         name,
         id=name,
-        marks=pytest.mark.xfail(
-            reason="a refused freeze() leaks its read-only descriptor to Ctrl-C in its finally",
-            strict=True,
-        )
-        if name in _REFUSED
-        else (),
+        marks=pending_fix(name in _REFUSED, "a refused freeze() leaks to Ctrl-C in its finally"),
     )
     for name in OPERATIONS
 ]
@@ -195,8 +189,13 @@ def test_ctrl_c_at_any_line_leaves_nothing_open_and_closes_nothing_foreign(
     refusal = AnonShmError if operation in _REFUSED else None  # what an uninterrupted one ends in
     quiet_collect()
     baseline = fd_table()
-    names = shm_names()
     trials = 0
+    held: set[tuple[int, int]] = set()  # the files open when Ctrl-C came
+
+    def interrupt() -> None:
+        held.update(open_files())
+        raise_interrupted()
+
     cleanups: list[Callable[[], None]] = []
 
     def setup() -> Callable[[], object]:
@@ -212,10 +211,10 @@ def test_ctrl_c_at_any_line_leaves_nothing_open_and_closes_nothing_foreign(
         quiet_collect()
         assert fd_table() == baseline, f"interrupted at {where}: descriptors differ"
         # Nor a name: a shared memory object's, or a backing file's in the directory.
-        assert leaked_shm_names(names) == set(), f"interrupted at {where}: names left"
+        assert shm_names_of(held) == set(), f"interrupted at {where}: a name left"
         assert list(tmp_path.iterdir()) == [], f"interrupted at {where}: a file left"
 
-    lines = each_line(setup, raise_interrupted, check)
+    lines = each_line(setup, interrupt, check)
     assert lines >= 3  # the operation really ran under the tracer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 import gc
 import inspect
 import os
@@ -14,16 +15,16 @@ import pytest
 from anonshm import AnonShmError, AnonymousMemory, Protection, TokenError, _linux
 from tests.conftest import (
     FEATURES,
+    IN_DEV_SHM,
     MEMORY_LINK,
     REOPENS_READ_ONLY,
     assert_freeze_refused,
     file_id,
     is_closed,
-    leaked_shm_names,
     mapping_lines,
     maps_of,
     open_fds,
-    shm_names,
+    shm_names_of,
 )
 
 
@@ -108,6 +109,10 @@ def test_memfd_is_not_bound_by_dev_shm() -> None:
     # Creation reserves nothing, so a size beyond /dev/shm costs no memory here.
     with AnonymousMemory(beyond) as mem:
         assert mem.size == beyond
+    if IN_DEV_SHM:  # the posix backend's objects are there: all their pages cannot be
+        with pytest.raises(OSError, match="filesystem of /dev/shm") as caught:
+            AnonymousMemory(beyond, reserve=True)
+        assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, "/dev/shm")
 
 
 @pytest.mark.parametrize("protection", list(Protection), ids=lambda p: p.name)
@@ -392,11 +397,12 @@ def test_thousands_of_cycles_leak_nothing(backend: str, tmp_path: Path) -> None:
     # The directory memories go to a private directory, checked whole; of the shared
     # /dev/shm only names anonshm could have made are looked at (other programs use it).
     directory = tmp_path if backend == "directory" else None
-    shm_before = shm_names()
+    made: set[tuple[int, int]] = set()
     gc.collect()
     fds_before, maps_before = open_fds(), mapping_lines()
     for i in range(2000):
         with AnonymousMemory(4096 + i % 3, directory=directory) as mem:
+            made.add(file_id(mem.fileno()))
             with mem.map(i % 100, 10) as view:
                 view[0] = i % 256
             kept = mem.map()
@@ -408,7 +414,7 @@ def test_thousands_of_cycles_leak_nothing(backend: str, tmp_path: Path) -> None:
     assert open_fds() == fds_before
     assert mapping_lines() == maps_before
     assert list(tmp_path.iterdir()) == []
-    assert leaked_shm_names(shm_before) == set()
+    assert shm_names_of(made) == set()
 
 
 def test_a_tmpfs_file_is_not_reported_frozen() -> None:
