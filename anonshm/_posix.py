@@ -5,7 +5,11 @@ A memory is a POSIX shared memory object with a random name of at most 30 bytes
 read-only twin is opened by the same name, and the name is unlinked at once, so it
 exists for those two system calls, as in NSPR.  The handle keeps the twin: the only
 way to make a read-only descriptor later where there is no ``/proc`` to reopen through.
-``ftruncate`` runs once, on the new object (macOS allows no second one).
+``ftruncate`` runs once, on the new object (macOS allows no second one).  The twin must
+be the object just made (``_unix.check_twin``), and the name goes whatever line an
+exception lands on: one left behind would last until reboot.  macOS maps a shared
+memory object ``MAP_SHARED`` only: a ``READ_ONLY`` map is a shared one there, and
+``WRITE_COPY`` is refused (``EINVAL``).
 
 There are no seals: the kernel does not keep another holder from resizing the memory
 (``fixed_size`` is False, and ``receive()`` asks ``allow_resizable=True``), and a
@@ -17,16 +21,20 @@ maps read-only, but hands on the read-write descriptor it holds.
 import _posixshmem  # type: ignore[import-not-found]  # CPython's, for shared_memory
 import errno
 import os
+import stat
 import sys
 
+from . import _unix
 from ._backend import Features, Inspected
 from ._errors import AnonShmError
-from ._unix import backing_file, check_twin, close, duplicate, flush, inspect_fd, map, unmap
+from ._unix import backing_file, check_twin, close, duplicate, flush, inspect_fd, unmap
+from ._wire import READ_WRITE, WRITE_COPY
 
 assert sys.platform != "win32"  # for type checkers: POSIX only
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import mmap
     from collections.abc import Callable
     from typing import Final
 
@@ -108,6 +116,33 @@ def _reserve(fd: int, size: int, directory: str | None) -> None:
         # Linux keeps shared memory objects in the tmpfs at /dev/shm, bound by its size.
         _limits.check(fd, size, directory if directory is not None else "/dev/shm")  # noqa: S108
     allocate(fd, 0, size)
+
+
+def map(
+    fd: int, offset: int, length: int, protection: int, *, populate: bool, hugepages: bool
+) -> "tuple[mmap.mmap, memoryview]":
+    """Map the window; where only shared maps can be made, a read-only map is one.
+
+    macOS maps a shared memory object ``MAP_SHARED`` or not at all (``EINVAL``): a
+    ``READ_ONLY`` map is a shared one there, which a holder of a read-write descriptor
+    could ``mprotect`` writable, and ``WRITE_COPY`` cannot be had.
+    """
+    shared = protection != READ_WRITE and _private_maps_refused(fd)
+    if shared and protection == WRITE_COPY:
+        raise OSError(
+            errno.EINVAL,
+            "cannot map WRITE_COPY: this kernel maps a shared memory object MAP_SHARED only, "
+            "never copy-on-write",
+        )
+    return _unix.map(
+        fd, offset, length, protection, populate=populate, hugepages=hugepages, shared=shared
+    )
+
+
+def _private_maps_refused(fd: int) -> bool:
+    # XNU's pshm_mmap: EINVAL for any map without MAP_SHARED.  Its fstat of a shared
+    # memory object gives no file type bits (a directory= file is a regular file).
+    return sys.platform == "darwin" and stat.S_IFMT(os.fstat(fd).st_mode) == 0
 
 
 def inspect(fd: int) -> Inspected:

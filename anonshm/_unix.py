@@ -139,12 +139,25 @@ def inspect_fd(fd: int, *, fixed_size: bool, frozen: bool, revocable: bool) -> I
 
 
 def map(
-    fd: int, offset: int, length: int, protection: int, *, populate: bool, hugepages: bool
+    fd: int,
+    offset: int,
+    length: int,
+    protection: int,
+    *,
+    populate: bool,
+    hugepages: bool,
+    shared: bool = False,
 ) -> tuple[mmap.mmap, memoryview]:
-    """Map the window; the mmap object and a memoryview of exactly the window."""
+    """Map the window; the mmap object and a memoryview of exactly the window.
+
+    ``shared``: a read-only map with ``MAP_SHARED`` instead of NSPR's ``MAP_PRIVATE``
+    (where the kernel maps the file no other way).
+    """
     # mmap offsets must be page-aligned: map from the page start, then slice.
     skew = offset % _GRANULARITY
     flags, prot = MMAP_ARGS[protection]
+    if shared:
+        flags = mmap.MAP_SHARED
     if not (populate or hugepages):  # the common case, in the fewest steps
         mm = _mmap(fd, length + skew, flags, prot, offset - skew)
     else:

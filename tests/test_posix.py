@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _posixshmem  # type: ignore[import-not-found]  # CPython's, as _posix uses it
 import doctest
+import errno
 import fcntl
 import mmap
 import os
@@ -300,6 +301,41 @@ def test_a_map_starts_on_an_allocation_granularity_boundary(pending: list[int]) 
     finally:
         _posix.unmap(mapping, buf)
     assert maps_of(file_id(fd)) == []
+
+
+def _perms(fd: int) -> list[str]:
+    return [line.split()[1] for line in maps_of(file_id(fd))]
+
+
+def test_where_only_shared_maps_exist_a_read_only_map_is_shared_and_write_copy_refused(
+    pending: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # macOS maps a shared memory object MAP_SHARED or not at all; Linux and the BSDs
+    # take NSPR's private read-only maps.  What macOS makes this backend do, on Linux:
+    _posix.create(pending, "label", 4096, None, False)
+    fd, twin = pending
+    os.pwrite(fd, b"shared", 0)
+    mapping, buf = _posix.map(twin, 0, 6, 0, populate=False, hugepages=False)
+    try:
+        assert (_perms(fd), bytes(buf), buf.readonly) == (["r--p"], b"shared", True)
+    finally:
+        _posix.unmap(mapping, buf)
+    assert _posix._private_maps_refused(fd) is (sys.platform == "darwin")
+    monkeypatch.setattr(_posix, "_private_maps_refused", lambda fd: True)
+    for source in (fd, twin):
+        mapping, buf = _posix.map(source, 0, 6, 0, populate=False, hugepages=False)
+        try:
+            assert (_perms(fd), bytes(buf), buf.readonly) == (["r--s"], b"shared", True)
+        finally:
+            _posix.unmap(mapping, buf)
+        with pytest.raises(OSError, match="cannot map WRITE_COPY") as caught:
+            _posix.map(source, 0, 6, 2, populate=False, hugepages=False)
+        assert caught.value.errno == errno.EINVAL
+    mapping, buf = _posix.map(fd, 0, 6, 1, populate=False, hugepages=False)
+    try:
+        assert (_perms(fd), buf.readonly) == (["rw-s"], False)
+    finally:
+        _posix.unmap(mapping, buf)
 
 
 @pending_fix(
