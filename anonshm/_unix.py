@@ -104,7 +104,9 @@ def check_twin(pending: list[int], path: str) -> None:
 
     Between the two opens, a process that may write to the directory can unlink or
     rename the name and put a file of its own there: the twin, which every read-only
-    handle of the memory shares, would show that file instead.
+    handle of the memory shares, would show that file instead.  (macOS reports no
+    device or inode for a shared memory object, only zeros: there the check cannot
+    tell, and what keeps others off is the name, random and never listed.)
     """
     made, twin = os.fstat(pending[-2]), os.fstat(pending[-1])
     if (made.st_dev, made.st_ino) != (twin.st_dev, twin.st_ino):
