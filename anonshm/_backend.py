@@ -20,7 +20,6 @@ windows    Windows                   an unnamed section (``CreateFileMappingW``)
 
 import os
 import sys
-from itertools import starmap
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
@@ -38,7 +37,7 @@ def take(pending: list[int], make: "Callable[..., int]", *args: object) -> None:
     its owner's list.  ``make`` must be a built-in (``os.dup``, ``os.open``, ...): a
     Python function has bytecode of its own.
     """
-    pending.extend(starmap(make, (args,)))
+    pending.extend(map(make, *[(arg,) for arg in args]))
 
 
 class Features:

@@ -5,7 +5,11 @@ A memory is a POSIX shared memory object with a random name of at most 30 bytes
 read-only twin is opened by the same name, and the name is unlinked at once, so it
 exists for those two system calls, as in NSPR.  The handle keeps the twin: the only
 way to make a read-only descriptor later where there is no ``/proc`` to reopen through.
-``ftruncate`` runs once, on the new object (macOS allows no second one).
+``ftruncate`` runs once, on the new object (macOS allows no second one).  The twin must
+be the object just made (``_unix.check_twin``), and the name goes whatever line an
+exception lands on: one left behind would last until reboot.  macOS maps a shared
+memory object ``MAP_SHARED`` only: a ``READ_ONLY`` map is a shared one there, and
+``WRITE_COPY`` is refused (``EINVAL``).
 
 There are no seals: the kernel does not keep another holder from resizing the memory
 (``fixed_size`` is False, and ``receive()`` asks ``allow_resizable=True``), and a
@@ -17,28 +21,31 @@ maps read-only, but hands on the read-write descriptor it holds.
 import _posixshmem  # type: ignore[import-not-found]  # CPython's, for shared_memory
 import errno
 import os
+import stat
 import sys
 
 assert sys.platform != "win32"  # for type checkers: POSIX only (they skip the rest elsewhere)
 
+from . import _unix  # noqa: E402
 from ._backend import Features, Inspected, take  # noqa: E402
 from ._errors import AnonShmError  # noqa: E402
 from ._unix import (  # noqa: E402
     backing_file,
+    check_twin,
     child_duplicate,
     close,
     duplicate,
     flush,
     inspect_fd,
-    map,
     pass_to_child,
-    unlink_quietly,
+    unlink_all,
     unmap,
 )
-from ._wire import format_token, parse_token  # noqa: E402
+from ._wire import READ_WRITE, WRITE_COPY, format_token, parse_token  # noqa: E402
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
+    import mmap
     from collections.abc import Callable
     from typing import Final
 
@@ -95,20 +102,23 @@ def create(pending: list[int], name: str, size: int, directory: str | None, rese
 
 def _shm(pending: list[int]) -> None:
     for _ in range(_TRIES):
-        path = NAME_PREFIX + os.urandom(10).hex()
+        names = [NAME_PREFIX + os.urandom(10).hex()]
         made = len(pending)
         try:
-            take(pending, _shm_open, path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            take(pending, _shm_open, path, os.O_RDONLY, 0)
+            take(pending, _shm_open, names[0], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            take(pending, _shm_open, names[0], os.O_RDONLY, 0)
+            check_twin(pending, names[0])
+            unlink_all(names, _shm_unlink)  # the name exists for these two opens only
         except FileExistsError:
             if len(pending) == made:
-                continue  # the name was taken: another one
+                names.clear()  # another object's name: not ours to unlink
+                continue
             raise
         finally:
-            # From the try on, whatever interrupts these calls (Ctrl-C), a name that
-            # was made is unlinked: unlike a descriptor, it would outlive the process.
+            # Interrupted (Ctrl-C) before the unlink: the name goes all the same; unlike
+            # a descriptor, it would outlive the process.
             if len(pending) > made:
-                unlink_quietly(path, _shm_unlink)
+                unlink_all(names, _shm_unlink)
         return
     raise FileExistsError(errno.EEXIST, "no free name for a shared memory object")
 
@@ -124,6 +134,33 @@ def _reserve(fd: int, size: int, directory: str | None) -> None:
         # Linux keeps shared memory objects in the tmpfs at /dev/shm, bound by its size.
         _limits.check(fd, size, directory if directory is not None else "/dev/shm")  # noqa: S108
     allocate(fd, 0, size)
+
+
+def map(
+    fd: int, offset: int, length: int, protection: int, *, populate: bool, hugepages: bool
+) -> "tuple[mmap.mmap, memoryview]":
+    """Map the window; where only shared maps can be made, a read-only map is one.
+
+    macOS maps a shared memory object ``MAP_SHARED`` or not at all (``EINVAL``): a
+    ``READ_ONLY`` map is a shared one there, which a holder of a read-write descriptor
+    could ``mprotect`` writable, and ``WRITE_COPY`` cannot be had.
+    """
+    shared = protection != READ_WRITE and _private_maps_refused(fd)
+    if shared and protection == WRITE_COPY:
+        raise OSError(
+            errno.EINVAL,
+            "cannot map WRITE_COPY: this kernel maps a shared memory object MAP_SHARED only, "
+            "never copy-on-write",
+        )
+    return _unix.map(
+        fd, offset, length, protection, populate=populate, hugepages=hugepages, shared=shared
+    )
+
+
+def _private_maps_refused(fd: int) -> bool:
+    # XNU's pshm_mmap: EINVAL for any map without MAP_SHARED.  Its fstat of a shared
+    # memory object gives no file type bits (a directory= file is a regular file).
+    return sys.platform == "darwin" and stat.S_IFMT(os.fstat(fd).st_mode) == 0
 
 
 def inspect(fd: int) -> Inspected:

@@ -26,6 +26,7 @@ __all__ = [
     "MMAP_ARGS",
     "TMPFILE_FLAGS",
     "backing_file",
+    "check_twin",
     "child_duplicate",
     "close",
     "duplicate",
@@ -33,7 +34,7 @@ __all__ = [
     "inspect_fd",
     "map",
     "pass_to_child",
-    "unlink_quietly",
+    "unlink_all",
     "unmap",
 ]
 
@@ -63,6 +64,7 @@ _NAMED_FLAGS: "Final" = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.
 _NAMED_TRIES: "Final" = 20  # NSPR's own bound on the names it tries
 
 close = os.close
+_each = map  # the built-in: this module defines a map() of its own below
 
 
 def duplicate(pending: list[int], fd: int) -> None:
@@ -87,31 +89,52 @@ def backing_file(pending: list[int], directory: str, *, twin: bool) -> None:
         else:
             return
     for _ in range(_NAMED_TRIES):
-        path = os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")
+        names = [os.path.join(directory, f".anonshm-{os.urandom(12).hex()}")]
         made = len(pending)
         try:
-            take(pending, os.open, path, _NAMED_FLAGS, 0o600)
+            take(pending, os.open, names[0], _NAMED_FLAGS, 0o600)
             if twin:
-                take(pending, os.open, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                take(pending, os.open, names[0], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                check_twin(pending, names[0])
+            unlink_all(names)  # the name exists for these few calls only
         except FileExistsError:
             if len(pending) == made:
-                continue  # the name was taken: another one
+                names.clear()  # another file's name: not ours to unlink
+                continue
             raise
         finally:
-            # The name exists for these few calls only: from the try on, whatever
-            # interrupts them, the file that was made is unlinked.
-            if len(pending) > made:
-                unlink_quietly(path)
+            if len(pending) > made:  # interrupted before the unlink: the name goes anyway
+                unlink_all(names)
         return
     raise FileExistsError(errno.EEXIST, "no free name for a backing file", directory)
 
 
-def unlink_quietly(path: str, unlink: "Callable[[str], None]" = os.unlink) -> None:
-    """Unlink ``path``; one that is gone already is no error."""
+def unlink_all(names: list[str], unlink: "Callable[[str], None]" = os.unlink) -> None:
+    """Unlink every name in ``names`` (which ends empty), each taken out as it goes.
+
+    Within one C call each, as ``_holder.close_all`` closes descriptors: an interrupt
+    leaves a name either listed or unlinked.  One that is gone already is no error.
+    """
     try:
-        unlink(path)
+        any(_each(unlink, _each(names.pop, [-1] * len(names))))
     except FileNotFoundError:
-        pass
+        unlink_all(names, unlink)  # the rest
+
+
+def check_twin(pending: list[int], path: str) -> None:
+    """Refuse a read-only twin (``pending[-1]``) that is not the file just made.
+
+    Between the two opens, a process that may write to the directory can unlink or
+    rename the name and put a file of its own there: the twin, which every read-only
+    handle of the memory shares, would show that file instead.  (macOS reports no
+    device or inode for a shared memory object, only zeros: there the check cannot
+    tell, and what keeps others off is the name, random and never listed.)
+    """
+    made, twin = os.fstat(pending[-2]), os.fstat(pending[-1])
+    if (made.st_dev, made.st_ino) != (twin.st_dev, twin.st_ino):
+        raise FileExistsError(
+            errno.EEXIST, "another file took the name before the read-only twin was opened", path
+        )
 
 
 def inspect_fd(fd: int, *, fixed_size: bool, frozen: bool, revocable: bool) -> Inspected:
@@ -140,12 +163,25 @@ def inspect_fd(fd: int, *, fixed_size: bool, frozen: bool, revocable: bool) -> I
 
 
 def map(
-    fd: int, offset: int, length: int, protection: int, *, populate: bool, hugepages: bool
+    fd: int,
+    offset: int,
+    length: int,
+    protection: int,
+    *,
+    populate: bool,
+    hugepages: bool,
+    shared: bool = False,
 ) -> tuple[mmap.mmap, memoryview]:
-    """Map the window; the mmap object and a memoryview of exactly the window."""
+    """Map the window; the mmap object and a memoryview of exactly the window.
+
+    ``shared``: a read-only map with ``MAP_SHARED`` instead of NSPR's ``MAP_PRIVATE``
+    (where the kernel maps the file no other way).
+    """
     # mmap offsets must be page-aligned: map from the page start, then slice.
     skew = offset % _GRANULARITY
     flags, prot = MMAP_ARGS[protection]
+    if shared:
+        flags = mmap.MAP_SHARED
     if not (populate or hugepages):  # the common case, in the fewest steps
         mm = _mmap(fd, length + skew, flags, prot, offset - skew)
     else:

@@ -16,23 +16,25 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from anonshm import AnonymousMemory, spawn
-from tests.conftest import child_env, python_child
+from tests.conftest import MEMORY_LINK, child_env, file_id, python_child
 
 SPAWNERS = 16
 BYSTANDERS = 8
 ROUNDS = 2
 
-# Lists this child's descriptors (the listing's own descriptor drops out: readlink
-# of a closed number fails) and what NSPR_INHERIT_FDS it got, then reads its memory.
+# Lists this child's descriptors, each with the file it is (the listing's own
+# descriptor drops out: readlink of a closed number fails) and what NSPR_INHERIT_FDS
+# it got, then reads its memory.
 REPORT = """
     import json, os, sys
     fds = {}
     for entry in os.listdir("/proc/self/fd"):
         try:
-            fds[entry] = os.readlink(f"/proc/self/fd/{entry}")
+            st = os.stat(f"/proc/self/fd/{entry}")
+            fds[entry] = [os.readlink(f"/proc/self/fd/{entry}"), st.st_dev, st.st_ino]
         except OSError:
             pass
-    fds = {fd: target for fd, target in fds.items() if target != f"/proc/{os.getpid()}/fd"}
+    fds = {fd: held for fd, held in fds.items() if held[0] != f"/proc/{os.getpid()}/fd"}
     report = {"fds": fds, "env": os.environ.get("NSPR_INHERIT_FDS")}
     if len(sys.argv) > 1:
         from anonshm import AnonymousMemory
@@ -63,6 +65,7 @@ def _spawner(index: int, barrier: threading.Barrier) -> dict[str, object]:
         report: dict[str, object] = json.loads(out)
         report["name"] = name
         report["fd"] = child.inherited[name]
+        report["identity"] = list(file_id(mem.fileno()))
         return report
 
 
@@ -85,11 +88,12 @@ def _bystander(barrier: threading.Barrier) -> dict[str, object]:
     return report
 
 
-def _memfds(fds: dict[str, str]) -> dict[str, str]:
-    return {fd: target for fd, target in fds.items() if target.startswith("/memfd:")}
+def _memories(fds: dict[str, list[object]]) -> dict[str, list[object]]:
+    return {fd: held for fd, held in fds.items() if str(held[0]).startswith(MEMORY_LINK)}
 
 
 def test_each_child_gets_exactly_its_own_memory() -> None:
+    held: set[tuple[int, int]] = set()
     for _ in range(ROUNDS):
         barrier = threading.Barrier(SPAWNERS + BYSTANDERS)
         with ThreadPoolExecutor(SPAWNERS + BYSTANDERS) as pool:
@@ -106,21 +110,23 @@ def test_each_child_gets_exactly_its_own_memory() -> None:
             extra = {n: target for n, target in fds.items() if n not in {"0", "1", "2", str(fd)}}
             assert extra == {}, f"{name}'s child got more than its memory"
             assert str(fd) in fds
-            assert fds[str(fd)].startswith(f"/memfd:{name} ")
+            assert fds[str(fd)][1:] == report["identity"]  # its own memory, no other
+            held.add((fds[str(fd)][1], fds[str(fd)][2]))
+            assert str(fds[str(fd)][0]).startswith(MEMORY_LINK)
         for other in others:
             fds = other["fds"]
             assert isinstance(fds, dict)
             assert other["env"] is None
-            assert _memfds(fds) == {}, fds
+            assert _memories(fds) == {}, fds
     # Every thread closed its memory: none is left open here.
-    assert [fd for fd, target in _own_fds().items() if target.startswith("/memfd:thread")] == []
+    assert [fd for fd, identity in _own_fds().items() if identity in held] == []
 
 
-def _own_fds() -> dict[str, str]:
-    targets = {}
+def _own_fds() -> dict[str, tuple[int, int]]:
+    identities = {}
     for entry in os.listdir("/proc/self/fd"):
         try:
-            targets[entry] = os.readlink(f"/proc/self/fd/{entry}")
+            identities[entry] = file_id(int(entry))
         except OSError:
             continue
-    return targets
+    return identities

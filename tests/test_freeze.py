@@ -15,12 +15,19 @@ import mmap
 import os
 import socket
 import subprocess
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from anonshm import AnonymousMemory, Protection, spawn
-from tests.conftest import child_env, need_root_and_unshare, python_child
+from tests.conftest import (
+    FEATURES,
+    assert_freeze_refused,
+    child_env,
+    need_root_and_unshare,
+    python_child,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -207,8 +214,8 @@ def _pattern() -> bytes:
     return (bytes(range(1, 256)) * (SIZE // 255 + 1))[:SIZE]
 
 
-@pytest.fixture
-def frozen() -> Iterator[tuple[AnonymousMemory, bytes]]:
+@contextmanager
+def _frozen() -> Iterator[tuple[AnonymousMemory, bytes]]:
     """A frozen memory of ``_pattern()`` whose creator's earlier writer wrote after freezing."""
     with AnonymousMemory(SIZE, name="frozen") as mem:
         with mem.map() as writer:
@@ -248,11 +255,22 @@ def _escalate(how: str, mem: AnonymousMemory, digest: str) -> dict[str, object]:
     return result
 
 
+def _refused() -> None:
+    """Where the backend cannot freeze, a test of freezing checks the clear refusal."""
+    with AnonymousMemory(SIZE, name="frozen") as mem:
+        assert_freeze_refused(mem)
+
+
 @pytest.mark.parametrize("how", ["inherit", "token", "send"])
-def test_a_child_has_no_route_back_to_write_access(
-    how: str, frozen: tuple[AnonymousMemory, bytes]
-) -> None:
-    mem, data = frozen
+def test_a_child_has_no_route_back_to_write_access(how: str) -> None:
+    if not FEATURES.freeze:
+        _refused()
+        return
+    with _frozen() as (mem, data):
+        _no_route_back(how, mem, data)
+
+
+def _no_route_back(how: str, mem: AnonymousMemory, data: bytes) -> None:
     digest = hashlib.sha256(data).hexdigest()
     result = _escalate(how, mem, digest)
     report = result["report"]
@@ -276,6 +294,9 @@ def test_a_child_has_no_route_back_to_write_access(
 
 
 def test_the_creator_keeps_its_earlier_map_and_nothing_else() -> None:
+    if not FEATURES.freeze:
+        _refused()
+        return
     with AnonymousMemory(SIZE, name="frozen") as mem:
         writer = mem.map()
         writer[:5] = b"early"
@@ -330,6 +351,9 @@ READER = """
 
 
 def test_readers_see_what_the_creators_earlier_map_writes_after_the_freeze() -> None:
+    if not FEATURES.freeze:
+        _refused()
+        return
     with AnonymousMemory(SIZE, name="frozen") as mem, mem.map() as writer:
         writer[:5] = b"first"
         mem.freeze()
@@ -358,6 +382,10 @@ def test_a_freeze_at_any_line_of_send_never_announces_what_the_descriptor_is_not
     # (in another thread, or a signal handler) at any line of it leaves the receiver
     # with a memory that matches what it was told, never a refused good memory.
     from tests._faults import each_line
+
+    if not FEATURES.freeze:
+        _refused()
+        return
 
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     state: dict[str, AnonymousMemory] = {}
@@ -390,6 +418,10 @@ def test_a_freeze_at_any_line_of_send_never_announces_what_the_descriptor_is_not
 def test_send_racing_freeze_in_threads_is_never_refused() -> None:
     import threading
 
+    if not FEATURES.freeze:
+        _refused()
+        return
+
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     refused = 0
     try:
@@ -412,7 +444,7 @@ def test_send_racing_freeze_in_threads_is_never_refused() -> None:
 # freeze() is all or nothing: everything that can fail comes before the seal.
 FREEZE_FAILS = """
     import errno, json, os, resource, sys
-    from anonshm import AnonymousMemory
+    from anonshm import AnonShmError, AnonymousMemory
 
     mem = AnonymousMemory(4096, name="kept")
     filler = []
@@ -432,6 +464,8 @@ FREEZE_FAILS = """
         mem.freeze()
     except OSError as exc:
         report["error"] = [errno.errorcode[exc.errno], str(exc)]
+    except AnonShmError as exc:  # a backend that cannot freeze at all
+        report["error"] = [type(exc).__name__, str(exc)]
     for fd in filler:  # room again for what the report imports
         os.close(fd)
     report["frozen"] = mem.frozen
@@ -476,13 +510,17 @@ def test_a_freeze_without_descriptors_left_changes_nothing() -> None:
 def test_a_freeze_without_proc_changes_nothing_and_names_proc() -> None:
     unshare = need_root_and_unshare()
     report = _freeze_fails("noproc", unshare, "-m", "--propagation", "private")
-    code, message = report["error"]
-    assert code == "ENOENT"
-    assert "/proc is not mounted" in message
     assert (report["frozen"], report["protection"], report["writable"]) == (
         False,
         "READ_WRITE",
         True,
     )
+    code, message = report["error"]
+    if not FEATURES.freeze:
+        assert (code, "cannot freeze" in message) == ("AnonShmError", True)
+        assert "read_only_create" not in report  # the twin needs no /proc
+        return
+    assert code == "ENOENT"
+    assert "/proc is not mounted" in message
     code, message = report["read_only_create"]
     assert (code, "/proc is not mounted" in message) == ("ENOENT", True)

@@ -16,7 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anonshm import AnonymousMemory, Protection, TokenError
-from tests.conftest import child_env, open_fds, python_child, run_child
+from tests.conftest import (
+    ALLOW_RESIZABLE,
+    FEATURES,
+    MEMORY_LINK,
+    REOPENS_READ_ONLY,
+    assert_freeze_refused,
+    child_env,
+    open_fds,
+    python_child,
+    run_child,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -65,10 +75,13 @@ def test_receive_gets_the_same_memory_with_name_size_and_protection(pair: Pair, 
     protection = Protection.READ_ONLY if how == "read-only" else Protection.READ_WRITE
     with AnonymousMemory(5000, name=f"handoff-{how}", protection=protection) as mem:
         if how == "frozen":
+            if not FEATURES.freeze:
+                assert_freeze_refused(mem)
+                return
             mem.freeze()
         mem.send(left)
         assert not mem.closed
-        with AnonymousMemory.receive(right) as got:
+        with AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE) as got:
             assert (got.name, got.size, got.protection) == (mem.name, 5000, mem.protection)
             assert _inode(got.fileno()) == _inode(mem.fileno())
             assert got.fileno() != mem.fileno()
@@ -93,7 +106,10 @@ def test_messages_in_a_row_stay_apart(pair: Pair) -> None:
         first.send(left)
         second.send(left)
         first.send(left)
-        got = [stack.enter_context(AnonymousMemory.receive(right)) for _ in range(3)]
+        got = [
+            stack.enter_context(AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE))
+            for _ in range(3)
+        ]
         assert [(mem.name, mem.size) for mem in got] == [
             ("first", 10),
             ("second-with-a-longer-name", 20),
@@ -106,15 +122,16 @@ _RECEIVER = """
     import os, socket, sys
     from anonshm import AnonymousMemory
 
-    # Started without the memory: not one descriptor of a memfd before the handoff.
+    # Started without the memory: not one descriptor of a memory before the handoff.
     links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
              if os.path.exists(f"/proc/self/fd/{fd}")]
-    assert not [link for link in links if link.startswith("/memfd:")], links
+    assert not [link for link in links if link.startswith(sys.argv[3])], links
 
     with socket.socket(socket.AF_UNIX, int(sys.argv[2])) as sock:
         sock.settimeout(60)
         sock.connect(sys.argv[1])
-        with AnonymousMemory.receive(sock) as mem, mem.map() as view:
+        with AnonymousMemory.receive(sock, allow_resizable=sys.argv[4] == "1") as mem, \
+                mem.map() as view:
             st = os.fstat(mem.fileno())
             print(mem.name, mem.size, mem.protection.name, st.st_dev, st.st_ino)
             print(bytes(view.buf[:13]).decode())
@@ -134,7 +151,7 @@ def test_an_unrelated_process_receives_the_memory(tmp_path: Path, kind: int) -> 
         server.settimeout(60)
         with mem.map() as view:
             view[:13] = b"from a server"
-        argv = python_child(_RECEIVER, path, str(int(kind)))
+        argv = python_child(_RECEIVER, path, str(int(kind)), MEMORY_LINK, str(int(ALLOW_RESIZABLE)))
         with subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
         ) as child:
@@ -239,7 +256,7 @@ def test_a_bad_message_is_a_clear_error_and_leaks_nothing(
         send(left, mem, left.type)
         left.close()
         with pytest.raises(error, match=match):
-            AnonymousMemory.receive(right)
+            AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE)
 
 
 @pytest.mark.parametrize(("send", "error", "match"), BAD_MESSAGES)
@@ -257,7 +274,7 @@ def test_a_bad_message_on_a_blocking_socket_is_the_same_clear_error(
         send(left, mem, kind)
         left.close()  # everything is queued, or the end is: a blocking receive cannot hang
         with pytest.raises(error, match=match):
-            AnonymousMemory.receive(right)
+            AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE)
 
 
 def test_a_named_file_is_refused_and_leaks_nothing(pair: Pair, tmp_path: Path) -> None:
@@ -298,7 +315,10 @@ def test_send_works_whether_the_socket_blocks_or_has_a_timeout(
     with AnonymousMemory(16, name="t") as mem, mem.map() as view:
         view[:2] = b"ok"
         mem.send(left)
-        with AnonymousMemory.receive(right) as got, got.map() as seen:
+        with (
+            AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE) as got,
+            got.map() as seen,
+        ):
             assert seen[:2] == b"ok"
 
 
@@ -316,7 +336,8 @@ def test_a_socket_wrapper_that_passes_for_a_socket_works(pair: Pair) -> None:
     left, right = pair
     with AnonymousMemory(16, name="wrapped") as mem:
         mem.send(_WrappedSocket(left))  # type: ignore[arg-type]
-        with AnonymousMemory.receive(_WrappedSocket(right)) as got:  # type: ignore[arg-type]
+        wrapped = _WrappedSocket(right)
+        with AnonymousMemory.receive(wrapped, allow_resizable=ALLOW_RESIZABLE) as got:  # type: ignore[arg-type]
             assert (got.name, got.size) == ("wrapped", 16)
 
 
@@ -376,9 +397,14 @@ def test_a_memory_announced_read_only_arrives_with_a_read_only_descriptor(pair: 
         with mem.duplicate(protection=Protection.READ_ONLY) as ro:
             message = _message(ro, socket.SOCK_SEQPACKET)
         socket.send_fds(left, [message], [mem.fileno()])
-        with AnonymousMemory.receive(right) as got:
+        with AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE) as got:
             assert got.protection is Protection.READ_ONLY
-            assert fcntl.fcntl(got.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+            with pytest.raises(PermissionError, match="READ_WRITE"):
+                got.map(protection=Protection.READ_WRITE)
+            # Documented: where nothing can make it read-only (no /proc on macOS), the
+            # handle keeps the read-write descriptor that arrived.
+            access = os.O_RDONLY if REOPENS_READ_ONLY else os.O_RDWR
+            assert fcntl.fcntl(got.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == access
 
 
 def test_close_is_not_held_up_by_a_send_blocked_on_a_full_socket() -> None:
@@ -421,7 +447,7 @@ def test_receive_works_on_a_socket_that_passes_credentials(no_leaks: None) -> No
         right.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         with AnonymousMemory(16, name="creds") as mem:
             mem.send(left)
-            with AnonymousMemory.receive(right) as got:
+            with AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE) as got:
                 assert (got.name, got.size) == ("creds", 16)
 
 
@@ -471,7 +497,7 @@ def test_receive_closes_the_pidfd_that_so_passpidfd_adds(
         for timeout in (None, QUEUED_TIMEOUT):  # the single recvmsg, and the peek first
             right.settimeout(timeout)
             mem.send(left)
-            with AnonymousMemory.receive(right) as got:
+            with AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE) as got:
                 assert _inode(got.fileno()) == _inode(mem.fileno())
         for send in (_send_two_descriptors, _send_many_descriptors, _send_garbage):
             send(left, mem, kind)
@@ -483,7 +509,7 @@ _FULL_TABLE = """
     import errno, os, resource, socket, sys
     from anonshm import AnonymousMemory
 
-    kind, pidfds = int(sys.argv[1]), sys.argv[2] == "1"
+    kind, pidfds, resizable = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1"
     left, right = socket.socketpair(socket.AF_UNIX, kind)
     if pidfds:
         right.setsockopt(socket.SOL_SOCKET, 76, 1)  # SO_PASSPIDFD: the pidfd fails too
@@ -491,8 +517,10 @@ _FULL_TABLE = """
     mem.send(left)  # which imports the handoff module while a file can still be opened
     mem.send(left)
 
+    identity = os.fstat(mem.fileno())[1:3]  # (st_ino, st_dev)
+
     def memfds():
-        return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:unlucky")
+        return sum(os.stat(f"/proc/self/fd/{fd}")[1:3] == identity
                    for fd in os.listdir("/proc/self/fd") if fd.isdigit() and
                    os.path.exists(f"/proc/self/fd/{fd}"))
 
@@ -507,7 +535,7 @@ _FULL_TABLE = """
     except OSError as exc:
         assert exc.errno == errno.EMFILE, exc
     try:
-        AnonymousMemory.receive(right)
+        AnonymousMemory.receive(right, allow_resizable=resizable)
     except OSError as exc:
         print(type(exc).__name__, errno.errorcode[exc.errno])
         print(exc.strerror)
@@ -516,7 +544,7 @@ _FULL_TABLE = """
     for fd in filler:
         os.close(fd)
     print(memfds() - before)  # the memory was dropped: nothing of it left open
-    with AnonymousMemory.receive(right) as got:  # the next message is whole
+    with AnonymousMemory.receive(right, allow_resizable=resizable) as got:  # the next is whole
         print(got.name, got.size)
 """
 
@@ -526,7 +554,7 @@ _FULL_TABLE = """
 def test_a_full_descriptor_table_is_emfile_not_the_peers_fault(kind: int, pidfds: bool) -> None:
     if pidfds:
         assert _pidfd_arrives(kind)
-    result = run_child(_FULL_TABLE, str(int(kind)), "1" if pidfds else "0")
+    result = run_child(_FULL_TABLE, str(int(kind)), str(int(pidfds)), str(int(ALLOW_RESIZABLE)))
     lines = result.stdout.splitlines()
     limit = lines[1].rpartition("RLIMIT_NOFILE=")[2].partition(")")[0]
     assert lines[0] == "OSError EMFILE", result.stdout

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from anonshm import AnonymousMemory, TokenError
+from tests.conftest import ALLOW_RESIZABLE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -60,7 +61,7 @@ def _inode(fd: int) -> tuple[int, int]:
 
 
 def _assert_receives(right: socket.socket, mem: AnonymousMemory) -> None:
-    with AnonymousMemory.receive(right) as got:
+    with AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE) as got:
         assert (got.name, got.size) == (mem.name, mem.size)
         assert _inode(got.fileno()) == _inode(mem.fileno())
 

@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from anonshm import AnonymousMemory, MemoryMap, Protection
+from anonshm import AnonShmError, AnonymousMemory, MemoryMap, Protection
 from tests._faults import Interrupted, each_line, raise_interrupted, settled, where
+from tests.conftest import (
+    ALLOW_RESIZABLE,
+    FEATURES,
+    assert_freeze_refused,
+    open_files,
+    pending_fix,
+    shm_names_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -98,6 +106,11 @@ def op_freeze(tmp_path: Path) -> Operation:
     return (mem.freeze, mem.close)
 
 
+def op_freeze_in_directory(tmp_path: Path) -> Operation:
+    mem = AnonymousMemory(4096, directory=tmp_path)  # cannot be sealed: always refused
+    return (mem.freeze, mem.close)
+
+
 def op_map(tmp_path: Path) -> Operation:
     mem = AnonymousMemory(4096)
     return (mem.map, mem.close)
@@ -120,7 +133,7 @@ def op_send_receive(tmp_path: Path) -> Operation:
 
     def call() -> object:
         mem.send(left)
-        return AnonymousMemory.receive(right)
+        return AnonymousMemory.receive(right, allow_resizable=ALLOW_RESIZABLE)
 
     def cleanup() -> None:
         right.setblocking(False)
@@ -148,20 +161,41 @@ OPERATIONS = {
     "inherited": op_inherited,
     "duplicate-read-only": op_duplicate,
     "freeze": op_freeze,
+    "freeze-in-directory": op_freeze_in_directory,
     "map": op_map,
     "close": op_close,
     "send-receive": op_send_receive,
 }
 
 
-@pytest.mark.parametrize("operation", list(OPERATIONS), ids=list(OPERATIONS))
+# The freezes the backend refuses.  A refused freeze has made its read-only descriptor,
+# and raises: Ctrl-C at the line of the finally that would close it leaves it open.
+_REFUSED = {"freeze-in-directory"} | (set() if FEATURES.freeze else {"freeze"})
+_OPERATION_PARAMS = [
+    pytest.param(
+        name,
+        id=name,
+        marks=pending_fix(name in _REFUSED, "a refused freeze() leaks to Ctrl-C in its finally"),
+    )
+    for name in OPERATIONS
+]
+
+
+@pytest.mark.parametrize("operation", _OPERATION_PARAMS)
 def test_ctrl_c_at_any_line_leaves_nothing_open_and_closes_nothing_foreign(
     operation: str, tmp_path: Path
 ) -> None:
     make = OPERATIONS[operation]
+    refusal = AnonShmError if operation in _REFUSED else None  # what an uninterrupted one ends in
     quiet_collect()
     baseline = fd_table()
     trials = 0
+    held: set[tuple[int, int]] = set()  # the files open when Ctrl-C came
+
+    def interrupt() -> None:
+        held.update(open_files())
+        raise_interrupted()
+
     cleanups: list[Callable[[], None]] = []
 
     def setup() -> Callable[[], object]:
@@ -172,11 +206,14 @@ def test_ctrl_c_at_any_line_leaves_nothing_open_and_closes_nothing_foreign(
     def check(outcome: type[BaseException] | None) -> None:
         nonlocal trials
         trials += 1
-        assert outcome in (None, Interrupted), f"line {trials}: raised {outcome}"
+        assert outcome in (refusal, Interrupted), f"line {trials}: raised {outcome}"
         cleanups.pop()()
         assert settled(fd_table, baseline), f"interrupted at {where}: descriptors differ"
+        # Nor a name: a shared memory object's, or a backing file's in the directory.
+        assert shm_names_of(held) == set(), f"interrupted at {where}: a name left"
+        assert list(tmp_path.iterdir()) == [], f"interrupted at {where}: a file left"
 
-    lines = each_line(setup, raise_interrupted, check)
+    lines = each_line(setup, interrupt, check)
     assert lines >= 3  # the operation really ran under the tracer
 
 
@@ -231,6 +268,10 @@ def test_a_handler_that_closes_and_reopens_at_any_line_of_map() -> None:
 def test_a_handler_that_closes_and_reopens_at_any_line_of_freeze() -> None:
     others: list[AnonymousMemory] = []
     state: dict[str, AnonymousMemory] = {}
+    if not FEATURES.freeze:
+        with AnonymousMemory(4096, name="mine") as mem:
+            assert_freeze_refused(mem)
+        return
 
     def setup() -> Callable[[], object]:
         state["mem"] = AnonymousMemory(4096, name="mine")

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from anonshm import AnonymousMemory, MemoryMap, Protection
-from tests.conftest import mapping_lines, open_fds
+from tests.conftest import file_id, maps_of, open_fds
 
 PAGE = mmap.PAGESIZE
 
@@ -131,29 +131,32 @@ def test_close_is_idempotent_and_use_after_close_is_a_value_error() -> None:
 
 def test_exported_slices_keep_the_pages_until_released() -> None:
     with AnonymousMemory(PAGE, name="deferred") as mem:
+        identity = file_id(mem.fileno())
         view = mem.map()
         view[:4] = b"kept"
         part = view.buf[:4]
     # Neither the map's close nor the memory's raised: the slice still reads.
     assert view.closed
     assert bytes(part) == b"kept"
-    assert mapping_lines("memfd:deferred ")
+    assert maps_of(identity)
     part.release()
     del part
     gc.collect()
-    assert not mapping_lines("memfd:deferred ")
+    assert not maps_of(identity)
 
 
 def test_a_memoryview_exported_from_buf_defers_the_unmap() -> None:
     with AnonymousMemory(PAGE, name="exported") as mem:
+        identity = file_id(mem.fileno())
         view = mem.map()
         derived = memoryview(view.buf)  # an export of buf itself, as numpy makes
         view.close()
         derived[0] = 42
         assert derived[0] == 42
+    assert maps_of(identity)
     del derived
     gc.collect()
-    assert not mapping_lines("memfd:exported ")
+    assert not maps_of(identity)
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="__buffer__ is Python >= 3.12")

@@ -17,7 +17,7 @@ import pytest
 
 from anonshm import AnonymousMemory, Protection
 from tests._mp_workers import Seen, touch, touch_and_report, touch_slot
-from tests.conftest import run_child
+from tests.conftest import FEATURES, assert_freeze_refused, run_child
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -146,6 +146,9 @@ def test_process_pool_executor_gets_the_same_memory(method: str) -> None:
 def test_read_only_memory_arrives_read_only(how: str, kind: str, method: str) -> None:
     with _memory(f"mp-readonly-{kind}-{method}") as mem:
         if how == "frozen":
+            if not FEATURES.freeze:
+                assert_freeze_refused(mem)
+                return
             mem.freeze()
             handed = mem
         else:

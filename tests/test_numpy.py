@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from anonshm import AnonymousMemory, Protection, spawn
-from tests.conftest import child_env, mapping_lines, python_child, run_child
+from tests.conftest import child_env, file_id, maps_of, python_child, run_child
 
 if TYPE_CHECKING:
     import numpy as np
@@ -85,39 +85,41 @@ def test_unaligned_window_gives_an_array_of_exactly_the_window() -> None:
 def test_arrays_outlive_the_with_block_and_unmap_with_the_last(no_leaks: None) -> None:
     name = _unique("outlive")
     with AnonymousMemory(3 * 4096 + 5, name=name) as mem, mem.map(offset=5) as view:
+        identity = file_id(mem.fileno())
         whole = np.frombuffer(view.buf, dtype=np.uint8)
         part = whole[100:200]
         whole[:] = 7
     assert mem.closed
     assert view.closed
-    assert len(mapping_lines(f"memfd:{name}")) == 1
+    assert len(maps_of(identity)) == 1
     part[0] = 9
     assert whole[100] == 9
     assert int(whole.sum()) == 7 * (3 * 4096) + 2
     del whole
     gc.collect()
-    assert len(mapping_lines(f"memfd:{name}")) == 1
+    assert len(maps_of(identity)) == 1
     assert part[0] == 9
     del part
     gc.collect()
-    assert mapping_lines(f"memfd:{name}") == []
+    assert maps_of(identity) == []
 
 
 @needs_buffer_protocol
 def test_the_map_itself_is_a_buffer_for_numpy(no_leaks: None) -> None:
     name = _unique("buffer")
     with AnonymousMemory(64, name=name) as mem, mem.map() as view:
+        identity = file_id(mem.fileno())
         # numpy's stubs take any Buffer only when mypy checks for Python >= 3.12.
         direct = np.frombuffer(view, dtype=np.uint32)  # type: ignore[call-overload,unused-ignore]
         direct[:] = np.arange(16)
         assert int.from_bytes(view.buf[4:8], sys.byteorder) == 1
         with memoryview(view) as raw:  # type: ignore[arg-type,unused-ignore]
             assert raw.nbytes == 64
-    assert len(mapping_lines(f"memfd:{name}")) == 1
+    assert len(maps_of(identity)) == 1
     assert int(direct[15]) == 15
     del direct
     gc.collect()
-    assert mapping_lines(f"memfd:{name}") == []
+    assert maps_of(identity) == []
 
 
 @needs_buffer_protocol

@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 
 from anonshm import AnonShmError, AnonymousMemory, Protection, spawn
-from tests.conftest import child_env, python_child, run_child
+from tests.conftest import (
+    ALLOW_RESIZABLE,
+    FEATURES,
+    assert_freeze_refused,
+    child_env,
+    python_child,
+    run_child,
+)
 
 SIZE = 3 * 4096 + 123  # not page-aligned: the last, partial page is where SIGBUS would hit
 FIXED_SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
@@ -31,14 +38,14 @@ HOLDER = """
     import errno, json, os, socket, sys
     from anonshm import AnonymousMemory
 
-    how = sys.argv[1]
+    how, resizable = sys.argv[1], sys.argv[3] == "1"
     if how == "inherit":
         mem = AnonymousMemory.inherited("sealed")
     elif how == "token":
         mem = AnonymousMemory.from_token(sys.argv[2])
     else:
         with socket.socket(fileno=int(sys.argv[2])) as sock:
-            mem = AnonymousMemory.receive(sock)
+            mem = AnonymousMemory.receive(sock, allow_resizable=resizable)
     size = mem.size
     reopened = os.open(f"/proc/self/fd/{mem.fileno()}", os.O_RDWR)
     attempts = {}
@@ -79,19 +86,21 @@ def _report(text: str | None) -> dict[str, object]:
 
 def _hold(how: str, mem: AnonymousMemory) -> dict[str, object]:
     env = child_env()
+    resizable = str(int(ALLOW_RESIZABLE))
     if how == "inherit":
-        argv = python_child(HOLDER, how)
+        argv = python_child(HOLDER, how, "-", resizable)
         with spawn(argv, inherit=[mem], env=env, stdout=subprocess.PIPE, text=True) as child:
             out, _ = child.communicate(timeout=60)
         assert child.returncode == 0
         return _report(out)
     if how == "token":
-        done = run_child(HOLDER, how, mem.export(), env=env, pass_fds=(mem.fileno(),))
+        done = run_child(HOLDER, how, mem.export(), resizable, env=env, pass_fds=(mem.fileno(),))
         return _report(done.stdout)
     left, right = socket.socketpair()
     with left, right:
         mem.send(left)
-        done = run_child(HOLDER, how, str(right.fileno()), env=env, pass_fds=(right.fileno(),))
+        fd = right.fileno()
+        done = run_child(HOLDER, how, str(fd), resizable, env=env, pass_fds=(fd,))
     return _report(done.stdout)
 
 
@@ -101,9 +110,12 @@ def test_a_holder_cannot_resize_and_the_parents_map_keeps_working(how: str) -> N
         view[:] = b"p" * SIZE
         result = _hold(how, mem)
         # Checked before the map is touched again: a shrunk file would SIGBUS this process.
-        assert os.fstat(mem.fileno()).st_size == SIZE
+        # Without seals every attempt succeeds, and it ends grown, its bytes zeroed.
+        final, refusal = (SIZE, "EPERM") if FEATURES.fixed_size else (SIZE + 4096, "allowed")
+        assert mem.fixed_size is FEATURES.fixed_size
+        assert os.fstat(mem.fileno()).st_size == final
         assert result["attempts"] == {
-            f"{where} {what}": "EPERM"
+            f"{where} {what}": refusal
             for where in ("own", "reopened")
             for what in ("shrink", "zero", "grow", "fallocate")
         }
@@ -115,6 +127,11 @@ def test_a_holder_cannot_resize_and_the_parents_map_keeps_working(how: str) -> N
 
 def test_the_creator_is_bound_by_the_seals_too() -> None:
     with AnonymousMemory(SIZE) as mem:
+        if not FEATURES.fixed_size:  # documented: no seals, so no holder is bound
+            assert not mem.fixed_size
+            os.ftruncate(mem.fileno(), SIZE + 1)
+            assert os.fstat(mem.fileno()).st_size == SIZE + 1
+            return
         assert _seals(mem.fileno()) & FIXED_SIZE_SEALS == FIXED_SIZE_SEALS
         for size in (SIZE - 1, 0, SIZE + 1):
             with pytest.raises(PermissionError):
@@ -127,8 +144,13 @@ def test_the_creator_is_bound_by_the_seals_too() -> None:
 
 def test_the_seals_survive_a_read_only_handle_and_a_freeze() -> None:
     with AnonymousMemory(SIZE, protection=Protection.READ_ONLY) as ro:
-        assert _seals(ro.fileno()) & FIXED_SIZE_SEALS == FIXED_SIZE_SEALS
+        assert ro.fixed_size is FEATURES.fixed_size
+        if FEATURES.fixed_size:
+            assert _seals(ro.fileno()) & FIXED_SIZE_SEALS == FIXED_SIZE_SEALS
     with AnonymousMemory(SIZE) as mem:
+        if not FEATURES.freeze:
+            assert_freeze_refused(mem)
+            return
         mem.freeze()
         assert _seals(mem.fileno()) & FIXED_SIZE_SEALS == FIXED_SIZE_SEALS
 
