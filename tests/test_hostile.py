@@ -393,7 +393,9 @@ def test_a_malformed_inherit_value_is_refused_and_the_memory_named_is_untouched(
 ) -> None:
     with AnonymousMemory(4096, name="victim") as victim:
         fd = victim.fileno()
-        value = template.format(d=fd, x=f"{fd:x}", X=f"{fd:X}" if fd > 9 else f"A{fd:x}")
+        upper = f"{fd:X}"  # uppercase hex, which NSPR never writes: it must show a letter
+        upper = upper if set(upper) & set("ABCDEF") else f"A{fd:x}"
+        value = template.format(d=fd, x=f"{fd:x}", X=upper)
         monkeypatch.setenv("NSPR_INHERIT_FDS", value)
         fds = open_fds()
         with pytest.raises(InheritError):
