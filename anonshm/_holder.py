@@ -44,13 +44,26 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Final
 
-__all__ = ["Holder", "State", "close_all", "close_first"]
+__all__ = ["Holder", "Pending", "State", "close_all", "close_first"]
 
 # What a borrower reads: (descriptor, protection, twin or -1).
 State = tuple[int, int, int]
 
 _CLOSED: "Final" = "I/O operation on a closed AnonymousMemory"
 _close = backend.close
+
+
+class Pending(list[int]):
+    """A call's descriptors that nobody else owns yet; closed by the call's ``finally``.
+
+    And if an interrupt skips that ``finally`` (it can land on its first bytecode), by
+    the list itself when the call's frame lets go of it: nothing made is ever lost.
+    """
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        close_all(self)
 
 
 def close_all(pending: list[int]) -> None:

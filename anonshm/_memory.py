@@ -9,7 +9,7 @@ from . import _validate
 from ._backend import backend
 from ._compat import DEFAULT_PROTECTION, protection_member
 from ._errors import AnonShmError, InheritError, TokenError
-from ._holder import Holder, close_all, close_first
+from ._holder import Holder, Pending, close_all, close_first
 from ._map import MemoryMap
 from ._wire import (
     INHERIT_VARIABLE,
@@ -162,7 +162,7 @@ class AnonymousMemory:
         reserve = _check_flag(reserve, "reserve")
         # Every descriptor is in `pending` until the holder takes it: whatever line an
         # exception lands on, the finally closes what nobody else owns yet.
-        pending: list[int] = []
+        pending = Pending()
         try:
             backend.create(pending, name, size, path, reserve)
             if prot != READ_WRITE:
@@ -234,7 +234,7 @@ class AnonymousMemory:
     ) -> "Self":
         # Imports never adopt: the number handed over stays with whoever owns it, and
         # only this call's own duplicate ever goes into `pending`.
-        pending: list[int] = []
+        pending = Pending()
         try:
             try:
                 backend.duplicate(pending, fd)  # close-on-exec
@@ -538,7 +538,7 @@ class AnonymousMemory:
             ('READ_ONLY', True)
         """
         holder = self._live()
-        pending: list[int] = []
+        pending = Pending()
         try:
             with holder.borrow() as (fd, have, twin):
                 wanted = have if protection is None else check_protection(protection, "protection")
@@ -549,6 +549,8 @@ class AnonymousMemory:
                     )
                 if wanted == READ_WRITE:
                     backend.duplicate(pending, fd)
+                    if twin >= 0:  # the twin too: the copy hands out read-only ones as well
+                        backend.duplicate(pending, twin)
                 else:
                     backend.readonly(pending, fd, twin)
             copy = type(self).__new__(type(self))
@@ -587,7 +589,7 @@ class AnonymousMemory:
             (True, 'READ_ONLY', True)
         """
         holder = self._live()
-        pending: list[int] = []
+        pending = Pending()
         try:
             # Borrowed: the seal, which cannot be undone, lands on this memory even if
             # a close() (another thread, a signal handler) runs meanwhile.
@@ -731,7 +733,7 @@ class AnonymousMemory:
             raise _no_sockets()
         if _handoff is None:
             _load_handoff()
-        pending: list[int] = []
+        pending = Pending()
         try:
             name, size, protection = _handoff.receive_fd(sock, pending)
             what = f"memory received as {name!r}"
@@ -793,7 +795,7 @@ class ForChild:
 
     def __init__(self, memory: AnonymousMemory) -> None:
         self._memory = memory
-        self._duplicate: list[int] = []
+        self._duplicate = Pending()
 
     def __enter__(self) -> "tuple[str, dict[str, Any]]":
         if self._duplicate:

@@ -20,7 +20,7 @@ from _thread import get_ident
 
 from ._backend import take
 from ._errors import TokenError
-from ._holder import close_all
+from ._holder import Pending, close_all
 from ._memory import AnonymousMemory
 from ._wire import READ_WRITE, check_protection
 
@@ -78,7 +78,7 @@ def _duplicate(fd: int, protection: int) -> _DupFd:
         return dup
     # A Process being started: the number is passed to the child a moment later, so
     # pass a duplicate of our own, closed when the Popen goes.
-    own: list[int] = []
+    own = Pending()
     util.Finalize(popen, close_all, (own,))  # first: the duplicate is owned when it exists
     take(own, os.dup, fd)
     shared: _DupFd = popen.DupFd(popen.duplicate_for_child(own[0]))
@@ -88,7 +88,7 @@ def _duplicate(fd: int, protection: int) -> _DupFd:
 def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
     protection = check_protection(protection, "protection")
     what = f"memory {name!r} from multiprocessing"
-    pending: list[int] = []
+    pending = Pending()
     try:
         pending.append(dup.detach())
         if sys.platform != "win32":  # DupHandle makes a non-inheritable handle already

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Final, final
 assert sys.platform == "linux"  # for type checkers: Linux only (it reads /proc)
 
 from . import _linux  # noqa: E402
+from ._backend import backend  # noqa: E402
+from ._errors import AnonShmError  # noqa: E402
 
 if TYPE_CHECKING:
     import argparse
@@ -127,6 +129,9 @@ def scan(*, all_users: bool = False) -> list[HeldMemory]:
     Returns:
         The memories, sorted by name then identity, each with its holders.
 
+    Raises:
+        AnonShmError: the backend in use makes memories that are not memfds (posix).
+
     Example:
         >>> import os
         >>> from anonshm import AnonymousMemory
@@ -135,6 +140,11 @@ def scan(*, all_users: bool = False) -> list[HeldMemory]:
         ...     held.size, held.frozen, held.pids == (os.getpid(),)
         (100, False, True)
     """
+    if not backend.FEATURES.names:
+        raise AnonShmError(
+            f"ps lists memfd memories, which /proc names; the {backend.FEATURES.name} "
+            "backend's memories have no name there, so ps would miss every one of them"
+        )
     uid = os.getuid()
     found: dict[Identity, _Found] = {}
     for pid in _pids():

@@ -18,7 +18,7 @@ from typing import (
 )
 
 from ._backend import backend
-from ._holder import close_all
+from ._holder import Pending, close_all
 from ._memory import AnonymousMemory
 from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
 
@@ -392,7 +392,7 @@ def spawn(
     # line that starts it, until it is returned.  Not a `with` block: the line that
     # leaves one can take the exception before __exit__ runs.  Closing them twice is
     # safe: _close_all takes each descriptor out of the list as it closes it.
-    duplicates: list[int] = []
+    duplicates = Pending()
     started: list[Popen[Any]] = []
     try:
         passed: dict[str, int] = {}

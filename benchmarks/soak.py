@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from anonshm import AnonymousMemory, spawn  # noqa: E402
+from anonshm._backend import backend  # noqa: E402
 
 MIB = 1024 * 1024
 _ANSWER = struct.Struct("!32sI")  # the checksum the worker saw, its open descriptor count
@@ -114,7 +115,7 @@ def _iteration(
             view[: min(size, 4096)] = os.urandom(min(size, 4096))
             view[size - 1] = i % 256
             digest = hashlib.sha256(view.buf).digest()
-        if directory is None and i % 3 == 0:
+        if directory is None and i % 3 == 0 and backend.FEATURES.freeze:
             mem.freeze()
         mem.send(sock)
         seen, worker_fds = _ANSWER.unpack(_receive_exactly(sock, _ANSWER.size))

@@ -97,7 +97,14 @@ def client(path: str) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(60)
         sock.connect(path)
-        with AnonymousMemory.receive(sock) as mem, mem.map() as view:
+        # Where the kernel fixes no memory's size (macOS, the BSDs: no seals), every
+        # memory is resizable, and receive() accepts one only when told to.
+        with AnonymousMemory(1) as probe:
+            resizable = not probe.fixed_size
+        with (
+            AnonymousMemory.receive(sock, allow_resizable=resizable) as mem,
+            mem.map() as view,
+        ):
             say("client", f"received {mem!r}")
             say("client", f"reads {bytes(view.buf[: len(MESSAGE)])!r}")
             view[ANSWER_AT : ANSWER_AT + len(ANSWER)] = ANSWER

@@ -42,22 +42,24 @@ def _nop(frame: FrameType) -> bool:
     return line.strip() in ("try:", "pass")
 
 
-_CALLBACKS = frozenset({"_collected", "_fire", "_warn_unclosed", "_Borrow.__del__"})
+# Finalizers: what the garbage collector runs (weak references' callbacks, __del__).
+_CALLBACKS = frozenset(
+    {"_collected", "_fire", "_warn_unclosed", "_Borrow.__del__", "Pending.__del__"}
+)
 
 
 def _collecting(frame: FrameType) -> bool:
-    """Whether the garbage collector runs this frame (a weak reference's callback).
+    """Whether the garbage collector runs this frame: a finalizer, or what one calls.
 
-    An exception there is unraisable: Python prints and drops it.  ``Holder._leave``
-    runs both ways: as a callback, and called by a borrow's ``__exit__``.
+    An exception there is unraisable: Python prints and drops it, as it would drop a
+    Ctrl-C landing there; what a finalizer does is checked by the tests of the net.
     """
-    name = frame.f_code.co_qualname
-    if name in _CALLBACKS:
-        return True
-    caller = frame.f_back
-    return name == "Holder._leave" and (
-        caller is None or not caller.f_code.co_qualname.startswith("_Borrow.")
-    )
+    caller: FrameType | None = frame
+    while caller is not None:
+        if caller.f_code.co_qualname in _CALLBACKS:
+            return True
+        caller = caller.f_back
+    return False
 
 
 class Interrupted(BaseException):

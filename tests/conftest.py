@@ -63,8 +63,6 @@ def pending_fix(condition: bool, defect: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(condition, reason=f"{defect} (fix pending, see report)", strict=True)
 
 
-PS_REFUSAL_PENDING: Final = pending_fix(not FEATURES.names, f"ps does not say {PS_REFUSAL!r} yet")
-"""Marks the tests of that refusal until ``_ps`` makes it."""
 
 
 def open_fds() -> set[int]:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FEATURES, ROOT, child_env, pending_fix
+from tests.conftest import ROOT, child_env
 
 EXAMPLES = ROOT / "examples"
 
@@ -40,7 +40,6 @@ def test_numpy_pool_fills_the_shared_array_from_workers(args: tuple[str, ...]) -
 
 # The example's client receives with the default checks, which refuse every memory a
 # backend without seals makes; the fix is in the example (see the posix-tests report).
-@pending_fix(not FEATURES.fixed_size, "socket_handoff.py's client refuses unsealed memory")
 def test_socket_handoff_reaches_a_client_it_did_not_pass_anything_to() -> None:
     lines = _run("socket_handoff.py").splitlines()
     server = [line for line in lines if line.startswith("[server ")]

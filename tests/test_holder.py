@@ -27,7 +27,6 @@ from tests.conftest import (
     FEATURES,
     assert_freeze_refused,
     open_files,
-    pending_fix,
     shm_names_of,
 )
 
@@ -175,7 +174,6 @@ _OPERATION_PARAMS = [
     pytest.param(
         name,
         id=name,
-        marks=pending_fix(name in _REFUSED, "a refused freeze() leaks to Ctrl-C in its finally"),
     )
     for name in OPERATIONS
 ]

@@ -32,14 +32,11 @@ from tests._faults import Interrupted, each_line, raise_interrupted, where
 from tests.conftest import (
     FEATURES,
     PS_REFUSAL,
-    PS_REFUSAL_PENDING,
-    REOPENS_READ_ONLY,
     SHM_PREFIX,
     child_env,
     file_id,
     maps_of,
     open_files,
-    pending_fix,
     shm_names,
     shm_names_of,
 )
@@ -338,9 +335,6 @@ def test_where_only_shared_maps_exist_a_read_only_map_is_shared_and_write_copy_r
         _posix.unmap(mapping, buf)
 
 
-@pending_fix(
-    not REOPENS_READ_ONLY, "duplicate() drops the twin, so its READ_ONLY duplicate is read-write"
-)
 def test_a_read_write_duplicate_can_still_hand_out_read_only_descriptors() -> None:
     with AnonymousMemory(16) as mem, mem.duplicate() as copy:
         with copy.duplicate(protection=Protection.READ_ONLY) as reader:
@@ -385,7 +379,7 @@ LINUX_ONLY_EXAMPLES = [
     pytest.param(
         memory_module, "AnonymousMemory.receive", TokenError, "can be resized", id="receive"
     ),
-    pytest.param(ps_module, "scan", AnonShmError, PS_REFUSAL, id="scan", marks=PS_REFUSAL_PENDING),
+    pytest.param(ps_module, "scan", AnonShmError, PS_REFUSAL, id="scan"),
 ]
 
 

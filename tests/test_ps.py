@@ -19,7 +19,6 @@ from anonshm._ps import HeldMemory, Holder, _summary, scan
 from tests.conftest import (
     FEATURES,
     PS_REFUSAL,
-    PS_REFUSAL_PENDING,
     child_env,
     mapping_lines,
     python_child,
@@ -134,7 +133,6 @@ def _map_files_open_to_us(needle: str) -> bool:
     return True
 
 
-@PS_REFUSAL_PENDING
 def test_scan_lists_exactly_the_held_memories_and_how_they_are_held() -> None:
     if _refused():
         return
@@ -180,7 +178,6 @@ def test_scan_lists_exactly_the_held_memories_and_how_they_are_held() -> None:
         assert len({held.identity for held in found.values()}) == 4
 
 
-@PS_REFUSAL_PENDING
 def test_cli_prints_a_row_per_memory(capsys: pytest.CaptureFixture[str]) -> None:
     if _refused():
         return
@@ -200,7 +197,6 @@ def test_cli_prints_a_row_per_memory(capsys: pytest.CaptureFixture[str]) -> None
         assert out.splitlines()[0].split()[:4] == ["NAME", "SIZE", "FROZEN", "INODE"]
 
 
-@PS_REFUSAL_PENDING
 def test_python_m_anonshm_ps_lists_them_from_another_process() -> None:
     if _refused():
         return
@@ -219,7 +215,6 @@ def test_python_m_anonshm_ps_lists_them_from_another_process() -> None:
         assert names >= set(scene.mine_only(scan()))
 
 
-@PS_REFUSAL_PENDING
 def test_memories_with_one_name_are_told_apart() -> None:
     if _refused():
         return
@@ -233,7 +228,6 @@ def test_memories_with_one_name_are_told_apart() -> None:
         assert {held.holders[0].fds for held in found} == {(one.fileno(),), (two.fileno(),)}
 
 
-@PS_REFUSAL_PENDING
 def test_unprintable_names_are_escaped_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     if _refused():
         return
@@ -245,7 +239,6 @@ def test_unprintable_names_are_escaped_in_the_table(capsys: pytest.CaptureFixtur
     assert "\x1b" not in out
 
 
-@PS_REFUSAL_PENDING
 def test_scan_skips_a_process_that_exited_but_is_not_reaped() -> None:
     if _refused():
         return
@@ -280,7 +273,6 @@ _UNPRIVILEGED = """
 """
 
 
-@PS_REFUSAL_PENDING
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user (nobody)")
 def test_an_unprivileged_user_sees_only_its_own_and_maps_reveal_no_size() -> None:
     if _refused():
@@ -331,7 +323,6 @@ _LONE_USER = """
 """
 
 
-@PS_REFUSAL_PENDING
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become a user of its own")
 def test_ps_says_1_memory_and_2_memories() -> None:
     if _refused():

@@ -7,13 +7,12 @@ import sys
 
 import pytest
 
-from tests.conftest import FEATURES, ROOT, child_env, pending_fix
+from tests.conftest import ROOT, child_env
 
 SOAK = ROOT / "benchmarks" / "soak.py"
 
 
 @pytest.mark.slow
-@pending_fix(not FEATURES.freeze, "benchmarks/soak.py freezes whatever the backend")
 def test_a_short_soak_grows_nothing() -> None:
     done = subprocess.run(
         [sys.executable, str(SOAK), "--seconds", "15", "--warmup", "300", "--spawn-every", "25"],
