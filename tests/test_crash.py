@@ -98,8 +98,12 @@ def _backing(backend: str, tmp_path: Path) -> str:
     return str(directory)
 
 
-def _holders_of(identities: set[tuple[int, int]]) -> list[str]:
-    """Every /proc/<pid>/fd entry, in any process, that still holds one of ``identities``."""
+def _holders_of(identities: set[tuple[int, int]], directory: str) -> list[str]:
+    """Every /proc/<pid>/fd entry, in any process, that still holds one of ``identities``.
+
+    A disk filesystem gives a freed inode number to the next file made (tmpfs never
+    does): there a holder must also have the file in ``directory``.
+    """
     held = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -109,9 +113,10 @@ def _holders_of(identities: set[tuple[int, int]]) -> list[str]:
         for fd in fds:
             try:
                 st = os.stat(f"/proc/{pid}/fd/{fd}")
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in identities:
+            if (st.st_dev, st.st_ino) in identities and target.startswith(directory):
                 held.append(f"{pid}/{fd}")
     return held
 
@@ -169,7 +174,7 @@ def _kill_trial(backend: str, seed: int, tmp_path: Path) -> None:
         )
     }
     assert made  # the worker got as far as its first memory
-    assert _holders_of(made) == []
+    assert _holders_of(made, directory) == []
     names = [os.path.join(directory, entry) for entry in os.listdir(directory)] if directory else []
     if IN_DEV_SHM:  # any process's: a kill between the two calls leaves nothing to know it by
         names += [f"/dev/shm/{entry}" for entry in leaked_shm_names(shm_before)]
