@@ -136,7 +136,8 @@ def _wait_for_eof(fd: int, what: str) -> bytes:
 def _kill_trial(backend: str, seed: int, tmp_path: Path) -> None:
     directory = _backing(backend, tmp_path)
     name = f"crash-{os.getpid()}-{seed}-{backend}"
-    shm_before = shm_names() if IN_DEV_SHM else set()
+    in_shm = IN_DEV_SHM and not directory  # where the posix backend names its memories
+    shm_before = shm_names() if in_shm else set()
     progress_r, progress_w = os.pipe()
     alive_r, alive_w = os.pipe()
     log = os.open(tmp_path / "identities", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
@@ -176,7 +177,7 @@ def _kill_trial(backend: str, seed: int, tmp_path: Path) -> None:
     assert made  # the worker got as far as its first memory
     assert _holders_of(made, directory) == []
     names = [os.path.join(directory, entry) for entry in os.listdir(directory)] if directory else []
-    if IN_DEV_SHM:  # any process's: a kill between the two calls leaves nothing to know it by
+    if in_shm:  # any process's: a kill between the two calls leaves nothing to know it by
         names += [f"/dev/shm/{entry}" for entry in leaked_shm_names(shm_before)]
     # A backend that names each new memory for two system calls leaves the name when
     # SIGKILL falls between them: one at most, and empty (the size comes after).
