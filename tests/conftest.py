@@ -1,4 +1,5 @@
-"""Shared fixtures: counting this process's descriptors and mappings, running children."""
+"""Shared fixtures: counting this process's descriptors and mappings, running children,
+and what the backend under test can do (``FEATURES``), for the tests that branch on it."""
 
 from __future__ import annotations
 
@@ -47,7 +48,6 @@ posix backend on Linux), rather than memfds, which no filesystem bounds."""
 
 # How this backend's memories show in /proc/<pid>/fd and /proc/<pid>/maps.
 MEMORY_LINK: Final = f"/dev/shm/{SHM_PREFIX}" if IN_DEV_SHM else "/memfd:"
-
 
 PS_REFUSAL: Final = "ps lists memfd memories"
 """How ``ps`` must refuse under a backend whose kernel records no names: it cannot see
@@ -220,7 +220,7 @@ def need_root_and_unshare() -> str:
 
 @pytest.fixture
 def no_leaks() -> Iterator[None]:
-    """Fail the test if it leaves descriptors or memfd mappings behind."""
+    """Fail the test if it leaves descriptors or mappings of memories behind."""
     gc.collect()
     fds_before, maps_before = open_fds(), mapping_lines()
     yield

@@ -98,8 +98,12 @@ def _backing(backend: str, tmp_path: Path) -> str:
     return str(directory)
 
 
-def _holders_of(identities: set[tuple[int, int]]) -> list[str]:
-    """Every /proc/<pid>/fd entry, in any process, that still holds one of ``identities``."""
+def _holders_of(identities: set[tuple[int, int]], directory: str) -> list[str]:
+    """Every /proc/<pid>/fd entry, in any process, that still holds one of ``identities``.
+
+    A disk filesystem gives a freed inode number to the next file made (tmpfs never
+    does): there a holder must also have the file in ``directory``.
+    """
     held = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -109,9 +113,10 @@ def _holders_of(identities: set[tuple[int, int]]) -> list[str]:
         for fd in fds:
             try:
                 st = os.stat(f"/proc/{pid}/fd/{fd}")
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
             except OSError:
                 continue
-            if (st.st_dev, st.st_ino) in identities:
+            if (st.st_dev, st.st_ino) in identities and target.startswith(directory):
                 held.append(f"{pid}/{fd}")
     return held
 
@@ -131,7 +136,8 @@ def _wait_for_eof(fd: int, what: str) -> bytes:
 def _kill_trial(backend: str, seed: int, tmp_path: Path) -> None:
     directory = _backing(backend, tmp_path)
     name = f"crash-{os.getpid()}-{seed}-{backend}"
-    shm_before = shm_names() if IN_DEV_SHM else set()
+    in_shm = IN_DEV_SHM and not directory  # where the posix backend names its memories
+    shm_before = shm_names() if in_shm else set()
     progress_r, progress_w = os.pipe()
     alive_r, alive_w = os.pipe()
     log = os.open(tmp_path / "identities", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND)
@@ -169,9 +175,9 @@ def _kill_trial(backend: str, seed: int, tmp_path: Path) -> None:
         )
     }
     assert made  # the worker got as far as its first memory
-    assert _holders_of(made) == []
+    assert _holders_of(made, directory) == []
     names = [os.path.join(directory, entry) for entry in os.listdir(directory)] if directory else []
-    if IN_DEV_SHM:  # any process's: a kill between the two calls leaves nothing to know it by
+    if in_shm:  # any process's: a kill between the two calls leaves nothing to know it by
         names += [f"/dev/shm/{entry}" for entry in leaked_shm_names(shm_before)]
     # A backend that names each new memory for two system calls leaves the name when
     # SIGKILL falls between them: one at most, and empty (the size comes after).
