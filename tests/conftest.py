@@ -63,8 +63,6 @@ def pending_fix(condition: bool, defect: str) -> pytest.MarkDecorator:
     return pytest.mark.xfail(condition, reason=f"{defect} (fix pending, see report)", strict=True)
 
 
-
-
 def open_fds() -> set[int]:
     """The descriptors open in this process right now."""
     fds = set()

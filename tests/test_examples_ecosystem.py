@@ -40,6 +40,11 @@ def test_numpy_pool_fills_the_shared_array_from_workers(args: tuple[str, ...]) -
 
 # The example's client receives with the default checks, which refuse every memory a
 # backend without seals makes; the fix is in the example (see the posix-tests report).
+@pytest.mark.skipif(
+    sys.platform == "win32",
+    reason="Windows sockets carry no handles: send() raises AnonShmError, asserted in "
+    "tests/windows/test_public.py::test_what_windows_cannot_do_is_a_clear_error",
+)
 def test_socket_handoff_reaches_a_client_it_did_not_pass_anything_to() -> None:
     lines = _run("socket_handoff.py").splitlines()
     server = [line for line in lines if line.startswith("[server ")]
