@@ -220,7 +220,7 @@ class AnonymousMemory:
             backend.readonly(pending, fd, -1)
             close_first(pending)
         self = cls.__new__(cls)
-        self._own(pending, info.size, name, protection)
+        self._own(pending, _validate.exact_size(info, size), name, protection)
         return self
 
     @classmethod

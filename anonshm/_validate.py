@@ -5,14 +5,32 @@ A descriptor from a token, an inheritance, a socket or multiprocessing passes th
 :func:`check` before anything maps it.
 """
 
+import mmap
+import sys
+
 from ._wire import READ_ONLY, READ_WRITE
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
+    from typing import Final
+
     from ._backend import Inspected
     from ._errors import AnonShmError
 
-__all__ = ["check"]
+__all__ = ["check", "exact_size"]
+
+# macOS reports a shared memory object's size rounded up to whole pages (its pshm_stat):
+# there, a size announced by the sender that rounds up to the one seen is the memory's.
+ROUNDS_SIZES: "Final" = sys.platform == "darwin"
+
+
+def _rounded(seen: int, announced: int, page: int = mmap.PAGESIZE) -> bool:
+    return ROUNDS_SIZES and 0 < announced <= seen == -(-announced // page) * page
+
+
+def exact_size(info: "Inspected", announced: int | None) -> int:
+    """The memory's size: the one announced where the kernel rounds what it reports."""
+    return announced if announced is not None and _rounded(info.size, announced) else info.size
 
 
 def check(
@@ -44,7 +62,7 @@ def check(
         raise error(f"{what} is a named file (it has a path), not an anonymous memory")
     if info.size < 1:
         raise error(f"{what} is empty: an anonymous memory has at least 1 byte")
-    if size is not None and info.size != size:
+    if size is not None and info.size != size and not _rounded(info.size, size):
         raise error(f"{what} is {info.size} bytes, but {size} were announced")
     if info.access in ("w", "path"):
         mode = "write-only" if info.access == "w" else "with O_PATH"
