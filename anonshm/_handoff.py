@@ -55,7 +55,6 @@ _SOCKET_FAMILY: "Final" = _socket.socket.family.__get__
 # BSDs) they are marked right after, and a child another thread forks and execs in
 # between could inherit them.
 _CMSG_CLOEXEC: "Final[int]" = getattr(_socket, "MSG_CMSG_CLOEXEC", 0)
-_SENDMSG: "Final" = _socket.socket.sendmsg  # what socket.socket inherits: one system call
 
 
 def _check_socket(sock: object, method: str) -> int:

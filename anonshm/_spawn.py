@@ -391,7 +391,7 @@ def spawn(
     # `duplicates` from the line that makes it, and the child is in `started` from the
     # line that starts it, until it is returned.  Not a `with` block: the line that
     # leaves one can take the exception before __exit__ runs.  Closing them twice is
-    # safe: _close_all takes each descriptor out of the list as it closes it.
+    # safe: close_all takes each descriptor out of the list as it closes it.
     duplicates = Pending()
     started: list[Popen[Any]] = []
     try:
