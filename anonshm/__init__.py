@@ -8,7 +8,7 @@ string token (:meth:`AnonymousMemory.export` and :meth:`AnonymousMemory.from_tok
 
 import sys
 
-from ._errors import AnonShmError, InheritError, TokenError
+from ._errors import AnonShmError, ChannelError, InheritError, TokenError
 from ._map import MemoryMap
 from ._memory import AnonymousMemory, ForChild
 
@@ -18,12 +18,16 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
+    from ._channel import ChannelReader, ChannelWriter, channel
     from ._protection import Protection
     from ._spawn import PopenOptions, SharedChild, spawn
 
 __all__ = [
     "AnonShmError",
     "AnonymousMemory",
+    "ChannelError",
+    "ChannelReader",
+    "ChannelWriter",
     "ForChild",
     "InheritError",
     "MemoryMap",
@@ -31,6 +35,7 @@ __all__ = [
     "Protection",
     "SharedChild",
     "TokenError",
+    "channel",
     "spawn",
 ]
 
@@ -72,7 +77,9 @@ if _REDUCTION in sys.modules:  # multiprocessing came first: register now (again
 # Loaded on first use, so a child that only maps the memory it inherited never pays for
 # them: spawn and its types come with subprocess and typing (~10 ms of import), and
 # Protection with enum (~3 ms; inside the package a protection is a plain int).
+# Channels come with select, struct and the socket module's C half (~1 ms).
 _LAZY = frozenset({"PopenOptions", "SharedChild", "spawn", "Protection"})
+_CHANNELS = frozenset({"ChannelReader", "ChannelWriter", "channel"})
 
 
 if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallback
@@ -83,6 +90,8 @@ if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallbac
             from . import _protection as module  # noqa: PLC0415
         elif name in _LAZY:
             from . import _spawn as module  # noqa: PLC0415
+        elif name in _CHANNELS:
+            from . import _channel as module  # noqa: PLC0415
         else:
             raise AttributeError(f"module 'anonshm' has no attribute {name!r}")
         value = getattr(module, name)
@@ -90,7 +99,7 @@ if not TYPE_CHECKING:  # a checker sees the names imported above, and no fallbac
         return value
 
     def __dir__() -> list[str]:
-        return sorted({*globals(), *_LAZY})
+        return sorted({*globals(), *_LAZY, *_CHANNELS})
 
 
 del TYPE_CHECKING, sys  # only the public names stay public

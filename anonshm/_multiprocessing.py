@@ -99,8 +99,11 @@ def _rebuild(dup: _DupFd, name: str, protection: int) -> AnonymousMemory:
 
 
 def register(reduction: ModuleType) -> None:
-    """Register the reducer with a loaded multiprocessing.reduction."""
+    """Register the reducers with a loaded multiprocessing.reduction."""
     reduction.register(AnonymousMemory, _reduce)
+    ends = sys.modules.get("anonshm._end")  # channels, if loaded: else they register later
+    for kind in getattr(ends, "KINDS", ()):
+        reduction.register(kind, ends.reduce)  # type: ignore[union-attr]
 
 
 class _RegisteringLoader:

@@ -18,9 +18,10 @@ from typing import (
 )
 
 from ._backend import backend
+from ._channel import ChannelReader, ChannelWriter
 from ._holder import Pending, close_all
 from ._memory import AnonymousMemory
-from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
+from ._wire import INHERIT_VARIABLE, PR_DESC_SOCKET_TCP, check_name, format_inherit_fds
 
 if TYPE_CHECKING:
     import subprocess
@@ -38,7 +39,8 @@ _Path = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 # As typeshed types Popen's env: keyed by str (os.environ) or by bytes (os.environb).
 _Env = Mapping[str, _Path] | Mapping[bytes, _Path]
 _INHERIT_VARIABLE_BYTES = os.fsencode(INHERIT_VARIABLE)
-Inherit = Iterable[AnonymousMemory] | Mapping[str, AnonymousMemory]
+_Handed = AnonymousMemory | ChannelReader | ChannelWriter
+Inherit = Iterable[_Handed] | Mapping[str, _Handed]
 
 
 class PopenOptions(TypedDict, total=False):
@@ -200,18 +202,20 @@ class SharedChild(Generic[AnyStr]):
         return f"<SharedChild pid={self.pid} returncode={self.returncode} inherited=[{names}]>"
 
 
-def _entries(inherit: Inherit) -> list[tuple[str, AnonymousMemory]]:
-    if isinstance(inherit, AnonymousMemory):
+def _entries(inherit: Inherit) -> list[tuple[str, _Handed]]:
+    if isinstance(inherit, _Handed):
         raise TypeError("inherit takes an iterable of memories: write inherit=[mem]")
-    pairs: Iterable[tuple[str, AnonymousMemory]]
+    pairs: Iterable[tuple[str, _Handed]]
     if isinstance(inherit, Mapping):
         pairs = inherit.items()
     else:
-        pairs = ((mem.name if isinstance(mem, AnonymousMemory) else "", mem) for mem in inherit)
-    entries: dict[str, AnonymousMemory] = {}
+        pairs = ((mem.name if isinstance(mem, _Handed) else "", mem) for mem in inherit)
+    entries: dict[str, _Handed] = {}
     for name, mem in pairs:
-        if not isinstance(mem, AnonymousMemory):
-            raise TypeError(f"inherit takes AnonymousMemory objects, not {type(mem).__name__}")
+        if not isinstance(mem, _Handed):
+            raise TypeError(
+                f"inherit takes AnonymousMemory objects and channel ends, not {type(mem).__name__}"
+            )
         check_name(name)
         if name in entries:
             raise ValueError(f"two inherited memories are named {name!r}; names must be unique")
@@ -227,12 +231,14 @@ def _closed(name: str) -> str:
     return f"spawn cannot pass memory {name!r}: it is closed"
 
 
-def _duplicate(name: str, mem: AnonymousMemory, owned: list[int]) -> None:
+def _duplicate(name: str, mem: _Handed, owned: list[int]) -> None:
     """Append a new duplicate of ``mem``'s descriptor to ``owned`` (the caller's to close)."""
     try:
         mem._handoff_fd(owned)
-    except ValueError:  # closed by another thread since _entries looked
-        raise ValueError(_closed(name)) from None
+    except ValueError as exc:  # closed by another thread since _entries looked, or used
+        if mem.closed:
+            raise ValueError(_closed(name)) from None
+        raise ValueError(f"spawn cannot pass {name!r}: {exc}") from None
 
 
 def _is_inherit_variable(key: object) -> bool:
@@ -253,7 +259,9 @@ def _copy_env(env: _Env) -> dict[Any, Any]:
     return dict(env)
 
 
-def _child_env(env: _Env | None, passed: Mapping[str, int]) -> _Env:
+def _child_env(
+    env: _Env | None, passed: Mapping[str, int], kinds: Mapping[str, int] | None = None
+) -> _Env:
     """The child's environment: ``env`` (None: this one) with NSPR_INHERIT_FDS for ``passed``.
 
     Always a copy, never None, even when nothing is to change: given None, Popen has
@@ -269,7 +277,7 @@ def _child_env(env: _Env | None, passed: Mapping[str, int]) -> _Env:
     for key in [key for key in copy if _is_inherit_variable(key)]:
         del copy[key]
     if passed:  # in the form the other keys take
-        value = format_inherit_fds(list(passed.items()))
+        value = format_inherit_fds(list(passed.items()), kinds)
         if keyed_by_bytes:
             copy[_INHERIT_VARIABLE_BYTES] = os.fsencode(value)
         else:
@@ -357,7 +365,10 @@ def spawn(
 
     Args:
         args: the program and its arguments, as for ``subprocess.Popen``.
-        inherit: memories (each keyed by its ``name``), or a ``{name: memory}`` mapping.
+        inherit: memories and channel ends (each keyed by its ``name``), or a
+            ``{name: memory}`` mapping.  A channel end goes as an entry of type 2
+            (a socket): the child imports it with ``ChannelReader.inherited(name)``
+            or ``ChannelWriter.inherited(name)``; it must not have been used here.
         text: text mode for the pipes, as for ``Popen``.
         encoding: the pipes' encoding (text mode), as for ``Popen``.
         errors: the pipes' error handler (text mode), as for ``Popen``.
@@ -399,7 +410,12 @@ def spawn(
         for name, mem in entries:
             _duplicate(name, mem, duplicates)
             passed[name] = duplicates[-1]
-        options["env"] = _child_env(options.get("env"), passed)
+        kinds = {
+            name: PR_DESC_SOCKET_TCP
+            for name, mem in entries
+            if not isinstance(mem, AnonymousMemory)
+        }
+        options["env"] = _child_env(options.get("env"), passed, kinds)
         if passed:
             backend.pass_to_child(options, list(passed.values()))
         # One line: a statement spread over several has a line between the start and

@@ -8,12 +8,14 @@ from ._errors import InheritError, TokenError
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Final
 
 __all__ = [
     "INHERIT_VARIABLE",
     "PROTECTION_NAMES",
     "PR_DESC_FILE",
+    "PR_DESC_SOCKET_TCP",
     "READ_ONLY",
     "READ_WRITE",
     "WINDOWS_MAP_ACCESS",
@@ -31,6 +33,9 @@ __all__ = [
 
 INHERIT_VARIABLE: "Final" = "NSPR_INHERIT_FDS"
 PR_DESC_FILE: "Final" = 1
+# NSPR's type for a stream socket (PR_DESC_SOCKET_TCP, also what PR_AF_LOCAL stream
+# sockets are): the notification socket of a channel end.
+PR_DESC_SOCKET_TCP: "Final" = 2
 MAX_NAME_BYTES: "Final" = 249  # memfd_create's limit (NAME_MAX minus "memfd:")
 MAX_FD: "Final" = 2**31 - 1
 
@@ -166,9 +171,16 @@ def parse_windows_token(token: object) -> tuple[int, int]:
     return handle, protection
 
 
-def format_inherit_fds(entries: list[tuple[str, int]]) -> str:
-    """The value of NSPR_INHERIT_FDS for ``(name, fd)`` pairs of memories (files)."""
-    return ":".join(f"{name}:{PR_DESC_FILE}:0x{fd:x}" for name, fd in entries)
+def format_inherit_fds(
+    entries: list[tuple[str, int]], kinds: "Mapping[str, int] | None" = None
+) -> str:
+    """The value of NSPR_INHERIT_FDS for ``(name, fd)`` pairs.
+
+    Each entry is a file (a memory) unless ``kinds`` gives its name another NSPR
+    descriptor type (a channel end's socket).
+    """
+    kinds = kinds or {}
+    return ":".join(f"{name}:{kinds.get(name, PR_DESC_FILE)}:0x{fd:x}" for name, fd in entries)
 
 
 def parse_inherit_fds(value: str) -> dict[str, tuple[int, int]]:
