@@ -56,7 +56,7 @@ intersphinx_mapping = {
 # (``socket.socket``).  So the types stay in the signatures.
 autodoc_typehints = "signature"
 autodoc_member_order = "groupwise"
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"members": True}  # bases where they say something: api.rst
 autoclass_content = "class"  # __init__ is documented on its class (ruff D107)
 
 napoleon_google_docstring = True
