@@ -13,6 +13,7 @@ from ._backend import backend  # noqa: E402
 from ._errors import ChannelError, InheritError  # noqa: E402
 from ._holder import Pending, close_all  # noqa: E402
 from ._memory import DEFAULT_NAME  # noqa: E402
+from ._net import forget, watch  # noqa: E402
 from ._wire import (  # noqa: E402
     INHERIT_VARIABLE,
     PR_DESC_SOCKET_TCP,
@@ -23,6 +24,7 @@ from ._wire import (  # noqa: E402
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     import mmap
+    from _weakref import ref
     import select
     import socket
     from collections.abc import Callable
@@ -54,6 +56,7 @@ class End:
     _name: str = DEFAULT_NAME
     _skip: int = 0  # the geometry's length, consumed when the end starts
     _poller: "select.poll | None" = None
+    _ref: "ref[object] | None" = None  # the safety net (_net)
     _pipe: int = -1  # the records' pipe: the writer's end of it, or the reader's
     _owned: "list[int]" = []  # noqa: RUF012 - replaced by a Pending of its own; owns _pipe
     _kind = "channel end"
@@ -80,6 +83,7 @@ class End:
         self._owned = Pending()
         self._fresh()
         self._sock = sock
+        self._ref = watch(self, _unclosed, type(self).__name__, name, sock)
         return self
 
     def _fresh(self) -> None:
@@ -256,6 +260,9 @@ class End:
         pipe once every copy of this end is closed.  Views of messages still alive
         keep their pages mapped until they go; nothing is unmapped under them.
         """
+        if self._ref is not None:  # first: interrupted after it, close() again finishes
+            forget(self._ref)
+            self._ref = None
         sock, mm, whole = self._sock, self._mm, self._whole
         self._sock = self._mm = self._whole = None
         self._pipe = -1  # first: the number may be another descriptor's a moment later
@@ -294,6 +301,14 @@ class End:
             f"<{type(self).__name__} {self._name!r} slot_size={self._slot_size} "
             f"slots={self._slots} {state}>"
         )
+
+
+def _unclosed(kind: str, name: str, sock: "_socket.socket") -> None:
+    # Holds the socket, not the end: closed here, so that it does not warn again.
+    sock.close()
+    from _warnings import warn  # noqa: PLC0415 - warnings.warn, without warnings.py
+
+    warn(f"unclosed {kind} {name!r}", ResourceWarning, stacklevel=1)
 
 
 def check_pipe(fd: int, what: str) -> None:

@@ -15,6 +15,9 @@ from anonshm import AnonymousMemory, Protection
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
+    from multiprocessing.queues import SimpleQueue
+
+    from anonshm import ChannelReader, ChannelWriter
 
 
 class Seen(NamedTuple):
@@ -69,3 +72,24 @@ def touch_and_report(conn: Connection, mem: AnonymousMemory, data: bytes) -> Non
     """Process target: :func:`touch`, then send what was seen back over ``conn``."""
     with conn:
         conn.send(touch(mem, data))
+
+
+def channel_echo(requests: ChannelReader, replies: ChannelWriter) -> None:
+    """Answer each request with it in capitals, until the requests end."""
+    with requests, replies:
+        for request in requests:
+            replies.write(request.upper(), timeout=30)
+
+
+def channel_write_numbers(writer: ChannelWriter, count: int) -> int:
+    """Write the numbers below ``count``, as text; how many were written."""
+    with writer:
+        for number in range(count):
+            writer.write(b"%d" % number, timeout=30)
+    return count
+
+
+def channel_sum(reader: ChannelReader, results: SimpleQueue[int]) -> None:
+    """Put the sum of the 8-byte numbers read, once the stream ends."""
+    with reader:
+        results.put(sum(int.from_bytes(buf, "little") for buf in reader))
