@@ -18,6 +18,7 @@ from typing import (
 )
 
 from ._backend import backend
+from ._hints import join
 from ._holder import Pending, close_all
 from ._memory import AnonymousMemory
 from ._wire import INHERIT_VARIABLE, check_name, format_inherit_fds
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from typing_extensions import Unpack
+join(globals(), "Self", "TracebackType", "Unpack", "subprocess")
 
 __all__ = ["PopenOptions", "SharedChild", "spawn"]
 
