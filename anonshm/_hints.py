@@ -17,6 +17,12 @@ of those modules is loaded: at once if one is (the usual case), else by the impo
 of ``anonshm/__init__.py`` right after it loads.  A module name in the list is bound as a
 stand-in that imports it when an annotation reads an attribute of it: evaluating
 ``"socket.socket"`` pays for ``socket`` then, and having ``typing`` loaded does not.
+
+What it costs: a lean child imports this module (0.2 ms) and binds nothing.  When
+``typing`` loads, ``Protection`` is imported (0.5 ms; 2 ms on 3.13, whose typing loads
+no ``enum``); when ``inspect`` loads first, ``typing`` is imported as well (2.5 ms).
+A reload of a joined module joins again; anonshm imported afresh installs its own hook
+(as for the reducer), and the first copy's modules keep what was bound already.
 """
 
 import sys
