@@ -9,6 +9,7 @@ string token (:meth:`AnonymousMemory.export` and :meth:`AnonymousMemory.from_tok
 import sys
 
 from ._errors import AnonShmError, ChannelError, InheritError, TokenError
+from ._hints import TRIGGERS as _HINT_TRIGGERS
 from ._map import MemoryMap
 from ._memory import AnonymousMemory, ForChild
 
@@ -49,7 +50,8 @@ class _ReducerHook:
 
     Only the check of the name is here; the work (``_multiprocessing``) is imported when
     multiprocessing.reduction is, so a child that never uses multiprocessing does not
-    pay for it.
+    pay for it.  Likewise the names that annotations use are bound when ``typing`` or
+    ``inspect`` loads (``_hints``), so that ``typing.get_type_hints()`` can evaluate them.
     """
 
     # The mark by which a second copy of anonshm (imported afresh) finds this hook and
@@ -59,6 +61,10 @@ class _ReducerHook:
     def find_spec(
         self, fullname: str, path: "Sequence[str] | None", target: "ModuleType | None" = None, /
     ) -> "ModuleSpec | None":
+        if fullname in _HINT_TRIGGERS:
+            from ._hints import find_spec as find_hinted  # noqa: PLC0415 - loaded already
+
+            return find_hinted(fullname, path, target)
         if fullname != _REDUCTION:
             return None
         from ._multiprocessing import find_spec  # noqa: PLC0415 - the point

@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 
 from . import _cli
 from ._errors import AnonShmError
+from ._hints import join
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+join(globals(), "Sequence")
 
 __all__ = ["main"]
 

@@ -5,6 +5,7 @@ from _warnings import warn  # what warnings.warn is, without importing warnings.
 
 from ._backend import backend
 from ._compat import protection_member
+from ._hints import join
 from ._net import forget, watch
 from ._wire import PROTECTION_NAMES
 
@@ -15,13 +16,14 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Self
 
-    from typing_extensions import Buffer
+    import typing_extensions
 
     from ._protection import Protection
 if not TYPE_CHECKING:  # first, so that linters bind the names to typing's below
     from ._compat import final, overload
 if TYPE_CHECKING:
     from typing import final, overload  # noqa: TC004 - the run-time stand-ins above
+join(globals(), "Callable", "Protection", "Self", "TracebackType", "ref", "typing_extensions")
 
 
 __all__ = ["MemoryMap"]
@@ -146,8 +148,8 @@ class MemoryMap:
     @overload
     def __setitem__(self, index: int, value: int) -> None: ...
     @overload
-    def __setitem__(self, index: slice, value: "Buffer") -> None: ...
-    def __setitem__(self, index: int | slice, value: "int | Buffer") -> None:
+    def __setitem__(self, index: slice, value: "typing_extensions.Buffer") -> None: ...
+    def __setitem__(self, index: int | slice, value: "int | typing_extensions.Buffer") -> None:
         """Write one byte or a same-length slice (``TypeError`` on a READ_ONLY map)."""
         buf = self.buf
         try:

@@ -9,6 +9,7 @@ from . import _validate
 from ._backend import backend
 from ._compat import DEFAULT_PROTECTION, protection_member
 from ._errors import AnonShmError, InheritError, TokenError
+from ._hints import join
 from ._holder import Holder, Pending, close_all, close_first
 from ._map import MemoryMap
 from ._wire import (
@@ -35,6 +36,7 @@ else:
     from ._compat import final
 
     _handoff = None  # imported by the first send or receive: see _load_handoff
+join(globals(), "Any", "Final", "Protection", "Self", "TracebackType", "socket")
 
 __all__ = ["DEFAULT_NAME", "AnonymousMemory", "ForChild"]
 

@@ -19,6 +19,7 @@ from typing import (
 
 from ._backend import backend
 from ._channel import ChannelReader, ChannelWriter
+from ._hints import join
 from ._holder import Pending, close_all
 from ._memory import AnonymousMemory
 from ._wire import INHERIT_VARIABLE, PR_DESC_SOCKET_TCP, check_name, format_inherit_fds
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from typing_extensions import Unpack
+join(globals(), "Self", "TracebackType", "Unpack", "subprocess")
 
 __all__ = ["PopenOptions", "SharedChild", "spawn"]
 
