@@ -11,6 +11,7 @@ assert sys.platform != "win32"  # for type checkers: POSIX only (see _channel)
 from . import _stream, _unix  # noqa: E402
 from ._backend import backend  # noqa: E402
 from ._errors import ChannelError, InheritError  # noqa: E402
+from ._hints import join as _join  # noqa: E402
 from ._holder import Pending, close_all  # noqa: E402
 from ._memory import DEFAULT_NAME  # noqa: E402
 from ._net import forget, watch  # noqa: E402
@@ -24,9 +25,8 @@ from ._wire import (  # noqa: E402
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     import mmap
-    from _weakref import ref
-    import select
     import socket
+    from _weakref import ref
     from collections.abc import Callable
     from types import TracebackType
     from typing import Protocol, Self, TypeVar
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     R = TypeVar("R", bound="End")
     W = TypeVar("W", bound="End")
 
+_join(globals(), "Callable", "Self", "TracebackType", "mmap", "ref", "socket")
 
 __all__ = ["KINDS", "End", "check_pipe", "join", "pair", "reduce"]
 
@@ -55,7 +56,7 @@ class End:
     _stride: int = 0
     _name: str = DEFAULT_NAME
     _skip: int = 0  # the geometry's length, consumed when the end starts
-    _poller: "select.poll | None" = None
+    _poller: "_stream.Poll | None" = None
     _ref: "ref[object] | None" = None  # the safety net (_net)
     _pipe: int = -1  # the records' pipe: the writer's end of it, or the reader's
     _owned: "list[int]" = []  # noqa: RUF012 - replaced by a Pending of its own; owns _pipe

@@ -58,7 +58,7 @@ _SOURCES = {
     "Protection": f"{_PACKAGE}._protection",
 }
 # Modules an annotation names by attribute ("socket.socket"): bound as a _Deferred.
-_MODULES = frozenset({"socket", "subprocess", "typing_extensions"})
+_MODULES = frozenset({"mmap", "socket", "subprocess", "typing_extensions"})
 
 _lock = allocate_lock()
 # The namespaces joined, with their names: bound again by each trigger (idempotent).

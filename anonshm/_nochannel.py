@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 else:
     from ._compat import final
 
+from ._hints import join  # noqa: E402
+
+join(globals(), "NoReturn", "socket")
+
 __all__ = ["ChannelReader", "ChannelWriter"]
 
 

@@ -11,6 +11,7 @@ from . import _stream, _unix  # noqa: E402
 from ._backend import backend  # noqa: E402
 from ._end import End, check_pipe, join  # noqa: E402
 from ._errors import ChannelError  # noqa: E402
+from ._hints import join as _join  # noqa: E402
 from ._holder import Pending, close_all  # noqa: E402
 from ._memory import AnonymousMemory  # noqa: E402
 from ._stream import NOSIGNAL, RECORD, WORD  # noqa: E402
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 else:
     from ._compat import final
+_join(globals(), "Iterator")
 
 __all__ = ["ChannelReader"]
 

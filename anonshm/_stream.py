@@ -35,9 +35,12 @@ from ._wire import MAX_NAME_BYTES, check_name  # noqa: E402
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
     import signal as _signal  # the C half's names and types, which typeshed has not
+    from select import poll as Poll  # noqa: N812 - a class to type checkers; at run time a function
     from typing import Final, NoReturn
 else:
     import _signal
+
+    Poll = type(select.poll())  # the class of what select.poll() makes, for annotations
 
 __all__ = [
     "GEOMETRY",
@@ -47,6 +50,7 @@ __all__ = [
     "READER",
     "RECORD",
     "WRITER",
+    "Poll",
     "check_geometry",
     "consume",
     "geometry",
@@ -164,7 +168,7 @@ def consume(sock: "_socket.socket", count: int, what: str) -> None:
         count -= len(chunk)
 
 
-def wait(poller: "select.poll", deadline: float | None, what: str) -> None:
+def wait(poller: "Poll", deadline: float | None, what: str) -> None:
     """Wait until ``poller`` reports its socket ready, or ``TimeoutError`` at ``deadline``.
 
     ``deadline`` is a ``time.monotonic()`` instant, or None (for ever).  Interrupted by a
@@ -190,12 +194,12 @@ def deadline(timeout: object) -> float | None:
     return monotonic() + timeout
 
 
-def poller(sock: "_socket.socket", events: int) -> "select.poll":
+def poller(sock: "_socket.socket", events: int) -> "Poll":
     """A poll object watching ``sock`` for ``events`` (and its end)."""
     return poller_fd(sock.fileno(), events)
 
 
-def poller_fd(fd: int, events: int) -> "select.poll":
+def poller_fd(fd: int, events: int) -> "Poll":
     """A poll object watching ``fd`` for ``events`` (and its end)."""
     watch = select.poll()
     watch.register(fd, events)

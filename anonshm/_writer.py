@@ -14,6 +14,7 @@ from . import _stream, _unix  # noqa: E402
 from ._backend import backend  # noqa: E402
 from ._end import End, join  # noqa: E402
 from ._errors import ChannelError  # noqa: E402
+from ._hints import join as _join  # noqa: E402
 from ._holder import Pending, close_all, close_first  # noqa: E402
 from ._memory import AnonymousMemory  # noqa: E402
 from ._stream import DONTWAIT, HELLO, HELLO_MAGIC, NOSIGNAL, RECORD, WORD  # noqa: E402
@@ -26,11 +27,12 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Final, final
 
-    from typing_extensions import Buffer
+    import typing_extensions
 else:
     import _signal  # signal.getsignal makes an enum per call: 1 us on every write
 
     from ._compat import final
+_join(globals(), "TracebackType", "mmap", "typing_extensions")
 
 __all__ = ["ChannelWriter", "Reservation"]
 
@@ -116,7 +118,7 @@ class ChannelWriter(End):
         self._mm, self._whole = mm, whole
         return mm
 
-    def write(self, data: "Buffer", timeout: float | None = None) -> None:
+    def write(self, data: "typing_extensions.Buffer", timeout: float | None = None) -> None:
         """Copy ``data`` (any bytes-like object) into a free slot and send it.
 
         Waits while every slot is in flight; ``timeout`` (seconds) bounds the wait.
