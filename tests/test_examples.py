@@ -84,3 +84,23 @@ def test_cli_stops_quietly_when_its_reader_goes_away(command: str) -> None:
         return
     assert done.stderr == ""
     assert done.returncode == 141
+
+
+@pytest.mark.parametrize("args", [(), ("300", "65536")], ids=["default", "64KiB-frames"])
+def test_channel_worker_example_streams_and_checks_every_frame(args: tuple[str, ...]) -> None:
+    script = str(ROOT / "examples" / "channel_worker.py")
+    if not FEATURES.sockets:  # Windows: no channels yet; the clear refusal instead
+        result = subprocess.run(
+            [sys.executable, script, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=child_env(),
+            check=False,
+        )
+        assert result.returncode != 0
+        assert "backend has no channels" in result.stderr
+        return
+    out = run(script, *args)
+    assert "ok=True" in out
+    assert "worker: checked" in out

@@ -209,3 +209,19 @@ def test_multiprocessing_spawn_delivers_the_same_memory(how: str) -> None:
                 assert seen == (f"mp-{how}", 4096, "READ_WRITE", b"parent")
         with mem.map(length=6) as view:
             assert bytes(view.buf) == b"child!"
+
+
+def test_channels_are_refused_clearly_on_windows() -> None:
+    # A channel's reader gets its memory and pipe over a socket carrying handles,
+    # which Windows sockets do not: every door to a channel says so.
+    from anonshm import ChannelReader, ChannelWriter, channel
+
+    with pytest.raises(AnonShmError, match="windows backend has no channels"):
+        channel(4096)
+    for kind in (ChannelReader, ChannelWriter):
+        with pytest.raises(AnonShmError, match="has no channels"):
+            kind.inherited("frames")
+        with pytest.raises(AnonShmError, match="has no channels"):
+            kind()
+    with AnonymousMemory(8) as mem, pytest.raises(AnonShmError, match="sockets carry no handles"):
+        mem.send(None)  # type: ignore[arg-type]
