@@ -249,7 +249,7 @@ class ChannelWriter(End):
 
 @final
 class Reservation:
-    """What :meth:`ChannelWriter.reserve` returns: a ``with`` block around one slot."""
+    """What :meth:`~anonshm.ChannelWriter.reserve` returns: a ``with`` block around one slot."""
 
     __slots__ = ("_base", "_buf", "_size", "_slot", "_timeout", "_writer")
 

@@ -46,6 +46,9 @@ html_theme_options = {"description": "Anonymous shared memory, NSPR-compatible"}
 intersphinx_mapping = {
     "python": ("https://docs.python.org/3", "_inventories/python3.11.inv"),
 }
+# typing_extensions has no inventory to fetch offline; its Buffer is the stdlib's
+# collections.abc.Buffer (PEP 688, 3.12), which the 3.11 inventory does not have yet.
+nitpick_ignore = [("py:class", "typing_extensions.Buffer")]
 
 # -- autodoc ------------------------------------------------------------------------------
 # The public names live in _-prefixed modules and are documented as anonshm.<name>
