@@ -62,7 +62,7 @@ def channel(
 
     Args:
         slot_size: the largest message, in bytes (each slot takes whole pages).
-        slots: how many messages may be in flight, 1 to 65536.
+        slots: how many messages may be in flight, 1 to 1024.
         name: the label of the channel's memory (``ps``) and of its inherited entries.
 
     Raises:

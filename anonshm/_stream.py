@@ -67,7 +67,10 @@ HELLO: "Final" = struct.Struct("=8sQ")  # magic, the memory's size; its descript
 HELLO_MAGIC: "Final" = b"anonshmH"
 RECORD: "Final" = struct.Struct("=QQ")  # slot, length
 WORD: "Final" = 8  # an acknowledgement: a slot number
-MAX_SLOTS: "Final" = 1 << 16
+# Every record in flight fits the smallest pipe buffer (16 KiB: macOS before it grows),
+# so the writer's write never waits on the pipe, and a batch of acknowledgements (half
+# the slots, 4 KiB) always fits the socket: neither side can block the other.
+MAX_SLOTS: "Final" = 1 << 10
 _MAX_BYTES: "Final" = 1 << 46  # 64 TiB: more than any machine maps, less than off_t holds
 
 # Never SIGPIPE: a write to a reader that is gone is EPIPE, BrokenPipeError.  Linux and
