@@ -122,15 +122,17 @@ async def writable(fileobj: "int | HasFileno") -> None:
 
 
 def _check_socket(sock: object, method: str) -> int:
-    """``_handoff``'s checks, and one more: a socket with a timeout would wait in C."""
+    """``_handoff``'s checks, and one more: the socket must be non-blocking."""
     kind = _handoff._check_socket(sock, method)
     timeout = sock.gettimeout()  # type: ignore[attr-defined]  # a socket: checked above
-    if timeout:
-        # CPython polls such a socket for up to its timeout before every call, even
-        # with MSG_DONTWAIT: the loop would stop for that long.
+    if timeout != 0:
+        # A blocking socket would stop the loop in whatever read or write the kernel
+        # cannot finish at once (a hostile peer's message that ends too soon); one with
+        # a timeout too, and CPython polls it before every call, even with MSG_DONTWAIT.
+        how = "is blocking" if timeout is None else f"has a timeout ({timeout} s)"
         raise ValueError(
-            f"sock has a timeout ({timeout} s): give the async calls a non-blocking socket "
-            "(sock.setblocking(False)), as the loop's own sock_* calls want"
+            f"sock {how}: the async calls need a non-blocking socket "
+            "(sock.setblocking(False)), as the loop's own sock_* calls do"
         )
     return kind
 

@@ -878,8 +878,8 @@ class AnonymousMemory:
         the peer's receive says the message was cut short, then sees the end.
 
         Raises:
-            ValueError: the socket has a timeout (give it none: ``setblocking(False)``),
-                or this handle is closed.
+            ValueError: the socket is not non-blocking (``sock.setblocking(False)``,
+                as the loop's own ``sock_*`` calls want), or this handle is closed.
             OSError, AnonShmError: as :meth:`send`.
 
         Example:
@@ -914,12 +914,12 @@ class AnonymousMemory:
         of tasks may wait on one socket; each message goes to one of them.
 
         Args:
-            sock: a Unix socket with no timeout (non-blocking, as the loop's own calls
-                want, or blocking: nothing here waits in it).
+            sock: a non-blocking Unix socket (``sock.setblocking(False)``, as the loop's
+                own ``sock_*`` calls want).
             allow_resizable: as :meth:`receive`.
 
         Raises:
-            ValueError: the socket has a timeout.
+            ValueError: the socket is not non-blocking.
             TokenError, EOFError, OSError, AnonShmError: as :meth:`receive`.
 
         Example:
@@ -928,6 +928,7 @@ class AnonymousMemory:
             >>> async def main():
             ...     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ...     with ours, theirs:
+            ...         ours.setblocking(False); theirs.setblocking(False)
             ...         waiting = asyncio.create_task(AnonymousMemory.receive_async(theirs))
             ...         with AnonymousMemory(32, name="shared") as mem:
             ...             await mem.send_async(ours)
