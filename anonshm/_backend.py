@@ -161,6 +161,12 @@ if TYPE_CHECKING:
         ) -> tuple[object, memoryview]:
             """Map a window; the mapping object and a memoryview of exactly the window."""
 
+        def write_at(self, fd: int, data: memoryview, offset: int) -> None:
+            """Write all of ``data`` (1-D bytes) at ``offset``, within the memory, unmapped."""
+
+        def read_at(self, fd: int, length: int, offset: int) -> bytes:
+            """Exactly ``length`` bytes from ``offset`` (>= 1, within the memory), unmapped."""
+
         def format_token(self, fd: int, protection: int) -> str:
             """NSPR's token for ``fd`` on this platform."""
 

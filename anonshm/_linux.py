@@ -25,7 +25,9 @@ from ._unix import (  # noqa: E402
     inspect_fd,
     map,
     pass_to_child,
+    read_at,
     unmap,
+    write_at,
 )
 from ._wire import format_token, parse_token  # noqa: E402
 
@@ -51,9 +53,11 @@ __all__ = [
     "memfd_flags",
     "parse_token",
     "pass_to_child",
+    "read_at",
     "readonly",
     "seals",
     "unmap",
+    "write_at",
 ]
 
 FEATURES: "Final" = Features(

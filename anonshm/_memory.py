@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, Final, Self, final
 
+    from typing_extensions import Buffer
+
     from . import _handoff
     from ._protection import Protection
 else:
@@ -751,6 +753,200 @@ class AnonymousMemory:
             )
         finally:
             close_all(pending)
+
+    def write(self, data: "Buffer", offset: int = 0) -> int:
+        r"""Copy ``data`` into the memory at ``offset``, through the kernel, with no map.
+
+        ``pwrite`` on POSIX; on Windows a view of just the pages involved, mapped for
+        the copy alone.  Filling fresh memory so skips the page fault a map takes on
+        each page (see ``benchmarks/_fill.py``).  The memory never grows: bytes that
+        would end past it are refused, and nothing is written.
+
+        Args:
+            data: any bytes-like object (``bytes``, ``bytearray``, ``memoryview``, a
+                numpy array...); one that is not C-contiguous is copied first, in C
+                order.
+            offset: where the first byte goes, ``0 <= offset <= size``.
+
+        Returns:
+            The number of bytes written: all of them (``memoryview(data).nbytes``).
+
+        Raises:
+            TypeError: ``data`` is not bytes-like, or ``offset`` is not an int.
+            ValueError: the bytes would end past the end of the memory, ``offset``
+                is negative, or this handle is closed.
+            PermissionError: the memory is ``READ_ONLY`` (frozen, here or through
+                another handle: ``EPERM``) or ``WRITE_COPY`` (its writes stay private
+                to each map).
+
+        Example:
+            >>> from anonshm import AnonymousMemory
+            >>> with AnonymousMemory(16) as mem:
+            ...     mem.write(b"hello", offset=4)
+            ...     mem.read(9)
+            5
+            b'\x00\x00\x00\x00hello'
+        """
+        holder = self._live()
+        if type(offset) is not int:
+            offset = _check_int(offset, "offset")
+        try:
+            view = memoryview(data)
+        except TypeError:
+            what = type(data).__name__
+            raise TypeError(f"data must be a bytes-like object, not {what}") from None
+        with view:
+            length = view.nbytes
+            if not 0 <= offset <= self._size - length:
+                raise ValueError(
+                    f"cannot write {length} bytes at offset {offset}: the memory is "
+                    f"{self._size} bytes, and is never grown"
+                )
+            if not length:
+                return 0
+            # pwrite and the copy want plain bytes in order: flat, or a flat copy.
+            flat = view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+            # Borrowed: a close() meanwhile cannot make this write to another file.
+            with flat, holder.borrow() as (fd, have, _):
+                if have != READ_WRITE:
+                    raise PermissionError(
+                        f"cannot write to {self._name!r}: the memory is "
+                        f"{'frozen' if self._froze else PROTECTION_NAMES[have]}"
+                    )
+                try:
+                    backend.write_at(fd, flat, offset)
+                except PermissionError as exc:
+                    if exc.errno != errno.EPERM:
+                        raise
+                    # EPERM from pwrite: the seal of a memory frozen through another handle.
+                    raise PermissionError(
+                        exc.errno, f"cannot write to {self._name!r}: the memory is frozen"
+                    ) from exc
+        return length
+
+    def read(self, n: int, offset: int = 0) -> bytes:
+        """Copy ``n`` bytes from ``offset`` out of the memory, through the kernel, with no map.
+
+        Unlike a file's ``read``, asking for bytes past the end is an error, not a
+        shorter result: the memory's size is exact and fixed, so such a read is a
+        mistake in the caller's arithmetic.
+
+        Args:
+            n: how many bytes, ``0 <= n <= size - offset``.
+            offset: where the first byte is, ``>= 0``.
+
+        Returns:
+            Exactly ``n`` bytes.
+
+        Raises:
+            TypeError: ``n`` or ``offset`` is not an int.
+            ValueError: the bytes would end past the end of the memory, ``n`` or
+                ``offset`` is negative, or this handle is closed.
+            OSError: the memory is shorter than its size (``EIO``: another holder
+                truncated a memory whose size the kernel does not fix).
+
+        Example:
+            >>> from anonshm import AnonymousMemory
+            >>> with AnonymousMemory(8) as mem:
+            ...     with mem.map() as view:
+            ...         view[2:4] = b"hi"
+            ...     mem.read(2, offset=2), mem.read(0)
+            (b'hi', b'')
+        """
+        holder = self._live()
+        if type(n) is not int:
+            n = _check_int(n, "n")
+        if type(offset) is not int:
+            offset = _check_int(offset, "offset")
+        if n < 0 or not 0 <= offset <= self._size - n:
+            raise ValueError(
+                f"cannot read {n} bytes at offset {offset}: the memory is {self._size} bytes"
+            )
+        if not n:
+            return b""
+        with holder.borrow() as (fd, _, _):  # a close() meanwhile: still this memory's
+            return backend.read_at(fd, n, offset)
+
+    async def send_async(self, sock: "socket.socket") -> None:
+        """:meth:`send`, awaited on the running asyncio loop, which it never blocks.
+
+        The same message, checks and errors as :meth:`send`.  It waits (on the loop)
+        while the socket's buffer is full, and the descriptor is only borrowed for each
+        non-blocking attempt: a ``close()`` meanwhile makes the next one a
+        ``ValueError``.  A cancel before the message went sends nothing; Linux sends a
+        message this small whole or not at all.  Where a kernel takes only part of it on
+        a stream socket, a cancel before the rest went shuts the socket down for
+        writing (``SHUT_WR``), so that no later message is read as the end of this one:
+        the peer's receive says the message was cut short, then sees the end.
+
+        Raises:
+            ValueError: the socket is not non-blocking (``sock.setblocking(False)``,
+                as the loop's own ``sock_*`` calls want), or this handle is closed.
+            OSError, AnonShmError: as :meth:`send`.
+
+        Example:
+            >>> import asyncio, socket
+            >>> from anonshm import AnonymousMemory
+            >>> async def main():
+            ...     left, right = socket.socketpair()
+            ...     with left, right, AnonymousMemory(8, name="frame") as mem:
+            ...         left.setblocking(False); right.setblocking(False)
+            ...         await mem.send_async(left)
+            ...         with await AnonymousMemory.receive_async(right) as got:
+            ...             return got.name, got.size
+            >>> asyncio.run(main())
+            ('frame', 8)
+        """
+        if sys.platform == "win32" or not backend.FEATURES.sockets:
+            raise _no_sockets()
+        from . import _aio  # noqa: PLC0415 - asyncio only for those who await
+
+        await _aio.send(sock, self._live(), self._name, self._size)
+
+    @classmethod
+    async def receive_async(cls, sock: "socket.socket", *, allow_resizable: bool = False) -> "Self":
+        """:meth:`receive`, awaited on the running asyncio loop, which it never blocks.
+
+        It waits on the loop, consuming nothing, until a whole message is queued (or
+        the peer has closed the socket, or sent garbage), then receives it at once
+        with :meth:`receive`: the same checks and errors, every descriptor that
+        arrived closed on error.  A cancel (``asyncio.timeout``, a task's
+        ``cancel()``) lands only before anything was read: no descriptor is left open
+        and a half-arrived message stays queued, whole, for the next call.  Any number
+        of tasks may wait on one socket; each message goes to one of them.
+
+        Args:
+            sock: a non-blocking Unix socket (``sock.setblocking(False)``, as the loop's
+                own ``sock_*`` calls want).
+            allow_resizable: as :meth:`receive`.
+
+        Raises:
+            ValueError: the socket is not non-blocking.
+            TokenError, EOFError, OSError, AnonShmError: as :meth:`receive`.
+
+        Example:
+            >>> import asyncio, socket
+            >>> from anonshm import AnonymousMemory
+            >>> async def main():
+            ...     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ...     with ours, theirs:
+            ...         ours.setblocking(False); theirs.setblocking(False)
+            ...         waiting = asyncio.create_task(AnonymousMemory.receive_async(theirs))
+            ...         with AnonymousMemory(32, name="shared") as mem:
+            ...             await mem.send_async(ours)
+            ...         with await waiting as got:
+            ...             return got.name, got.size
+            >>> asyncio.run(main())
+            ('shared', 32)
+        """
+        allow_resizable = _check_flag(allow_resizable, "allow_resizable")
+        if sys.platform == "win32" or not backend.FEATURES.sockets:
+            raise _no_sockets()
+        from . import _aio  # noqa: PLC0415 - asyncio only for those who await
+
+        await _aio.message_queued(sock)
+        # No await from here on: the message is read whole before any other task runs.
+        return cls.receive(sock, allow_resizable=allow_resizable)
 
     def __enter__(self) -> "Self":
         if self.closed:

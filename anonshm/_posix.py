@@ -38,8 +38,10 @@ from ._unix import (  # noqa: E402
     flush,
     inspect_fd,
     pass_to_child,
+    read_at,
     unlink_all,
     unmap,
+    write_at,
 )
 from ._wire import READ_WRITE, WRITE_COPY, format_token, parse_token  # noqa: E402
 
@@ -67,8 +69,10 @@ __all__ = [
     "map",
     "parse_token",
     "pass_to_child",
+    "read_at",
     "readonly",
     "unmap",
+    "write_at",
 ]
 
 FEATURES: "Final" = Features(

@@ -34,8 +34,10 @@ __all__ = [
     "inspect_fd",
     "map",
     "pass_to_child",
+    "read_at",
     "unlink_all",
     "unmap",
+    "write_at",
 ]
 
 # The mmap flags and page protection NSPR uses, indexed by protection (0, 1, 2).
@@ -231,6 +233,46 @@ def flush(mapping: object) -> None:
     """Write a map's pages back to its file (``msync``; nothing to do for memory)."""
     assert isinstance(mapping, mmap.mmap)  # what map() returned
     mapping.flush()
+
+
+def write_at(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` (bytes, C-contiguous) at ``offset``, through the kernel.
+
+    ``pwrite`` may write less than asked (Linux caps one call at 2 GiB - 4 KiB): the
+    rest is written on.  The caller has checked that it ends within the memory.
+    """
+    done = 0
+    length = len(data)
+    while done < length:
+        written = os.pwrite(fd, data[done:], offset + done)
+        if written == 0:  # never for memory within its size; a loop for ever otherwise
+            raise OSError(errno.EIO, f"pwrite wrote nothing at offset {offset + done}")
+        done += written
+
+
+def read_at(fd: int, length: int, offset: int) -> bytes:
+    """Read exactly ``length`` bytes from ``offset``, through the kernel.
+
+    ``pread`` may return less than asked (the same cap as ``pwrite``): the rest is read
+    on.  Fewer bytes can only mean that the file is shorter than the caller knows it to
+    be: another holder of an unsealed memory truncated it.
+    """
+    data = os.pread(fd, length, offset)
+    if len(data) == length:  # the common case: one call, no copy
+        return data
+    chunks = [data]
+    have = len(data)
+    while have < length:
+        chunk = os.pread(fd, length - have, offset + have)
+        if not chunk:
+            raise OSError(
+                errno.EIO,
+                f"the memory ends at {offset + have} bytes, before the {offset + length} it "
+                "has: another holder truncated it",
+            )
+        chunks.append(chunk)
+        have += len(chunk)
+    return b"".join(chunks)
 
 
 def _advise(mm: mmap.mmap, advice: int) -> None:

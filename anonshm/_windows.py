@@ -17,7 +17,7 @@ assert sys.platform == "win32"  # for type checkers: Windows only
 from . import _winsection  # noqa: E402 - after the platform check
 from ._backend import Features, Inspected, take  # noqa: E402
 from ._errors import AnonShmError  # noqa: E402
-from ._winsection import close, format_token, parse_token  # noqa: E402
+from ._winsection import close, format_token, parse_token, read_at, write_at  # noqa: E402
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
 if TYPE_CHECKING:
@@ -38,8 +38,10 @@ __all__ = [
     "map",
     "parse_token",
     "pass_to_child",
+    "read_at",
     "readonly",
     "unmap",
+    "write_at",
 ]
 
 FEATURES: "Final" = Features(

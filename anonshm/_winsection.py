@@ -55,7 +55,9 @@ __all__ = [
     "inspect",
     "map",
     "parse_token",
+    "read_at",
     "reopen_readonly",
+    "write_at",
 ]
 
 NAME: "Final" = "windows"
@@ -197,6 +199,31 @@ def map(handle: int, offset: int, length: int, protection: int) -> memoryview:
     if sys.version_info >= (3, 12):
         return memoryview(_ReadOnlyWindow(view.toreadonly()))
     return view.toreadonly()  # Python 3.11: its .obj is the writable ctypes array
+
+
+def write_at(handle: int, data: memoryview, offset: int) -> None:
+    """Copy ``data`` (1-D bytes, at least one) into the section at ``offset``.
+
+    Windows has no ``pwrite`` for a section: a view of just the pages involved is
+    mapped for writing, filled and unmapped.  Callers have checked the window.
+    """
+    length = len(data)
+    skew = offset % _GRANULARITY
+    address = _win32.map_view(handle, _win32.FILE_MAP_WRITE, offset - skew, length + skew)
+    try:
+        memoryview((ctypes.c_char * length).from_address(address + skew)).cast("B")[:] = data
+    finally:
+        _win32.unmap_view(address)
+
+
+def read_at(handle: int, length: int, offset: int) -> bytes:
+    """``length`` bytes (at least one) of the section from ``offset``, as a copy."""
+    skew = offset % _GRANULARITY
+    address = _win32.map_view(handle, _win32.FILE_MAP_READ, offset - skew, length + skew)
+    try:
+        return ctypes.string_at(address + skew, length)
+    finally:
+        _win32.unmap_view(address)
 
 
 def inheritable_duplicate_for_child(handle: int) -> int:
