@@ -12,10 +12,15 @@ if sys.platform != "win32":
     collect_ignore += ["anonshm/_windows.py", "anonshm/_winsection.py", "anonshm/_win32.py"]
 else:
     collect_ignore += ["anonshm/_unix.py", "anonshm/_posix.py", "anonshm/_handoff.py"]
+    # Channels and asyncio handoffs need sockets that carry descriptors.
+    collect_ignore += ["anonshm/_aio.py", "anonshm/_end.py", "anonshm/_reader.py"]
+    collect_ignore += ["anonshm/_stream.py", "anonshm/_writer.py"]
 if sys.platform != "linux":
     collect_ignore += ["anonshm/_linux.py", "anonshm/_ps.py", "anonshm/_limits.py"]
 
 POSIX_ONLY = {
+    "tests/test_aio.py": "Unix sockets (SCM_RIGHTS), uvloop",
+    "tests/test_channel.py": "channels (Unix sockets); tests/windows asserts the refusal",
     "tests/test_concurrency.py": "children inheriting through pass_fds, counted in /proc",
     "tests/test_crash.py": "SIGKILL trials, holders found in /proc",
     "tests/test_for_child.py": "the POSIX options (pass_fds); tests/windows has Windows'",
@@ -34,6 +39,7 @@ POSIX_ONLY = {
     "tests/test_numpy.py": "numpy, not installed for Windows here",
     "tests/test_posix.py": "the posix backend",
     "tests/test_ps.py": "Linux's /proc",
+    "tests/test_read_write.py": "numpy and /proc; tests/windows has Windows'",
     "tests/test_reserve.py": "posix_fallocate, cgroups and tmpfs",
     "tests/test_seals.py": "memfd seals",
     "tests/test_soak.py": "Unix sockets",

@@ -139,6 +139,8 @@ def receive_fd(sock: "socket.socket", pending: list[int]) -> tuple[str, int, int
         if flags & _socket.MSG_TRUNC:
             raise TokenError(f"the handoff message is longer than {bufsize} bytes")
         if len(data) < _HEADER.size:
+            if not _MAGIC.startswith(data[: len(_MAGIC)]):  # garbage: no need to read on
+                raise TokenError(f"not an anonshm handoff message (it starts {data[:8]!r})")
             data = _completed(stream, data, _HEADER.size)
         size, protection, name_length = _header(data)
         end = _HEADER.size + name_length

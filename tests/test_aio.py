@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from anonshm import AnonymousMemory, Protection, TokenError, _aio, _handoff
-from tests.conftest import ALLOW_RESIZABLE, open_fds, pending_fix, run_child
+from tests.conftest import ALLOW_RESIZABLE, open_fds, run_child
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine, Iterator
@@ -275,13 +275,7 @@ HOSTILE = [
 
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("hostile", HOSTILE)
-def test_a_hostile_peer_gets_the_errors_receive_gives(
-    loop: str, kind: str, hostile: str, request: pytest.FixtureRequest
-) -> None:
-    # Fewer bytes than a header, which no header can start with: receive() waits for
-    # the rest of the header (TimeoutError), receive_async cannot (BlockingIOError).
-    short_garbage = kind == "stream" and hostile == "garbage with a descriptor"
-    request.applymarker(pending_fix(short_garbage, "receive_fd reads on after short garbage"))
+def test_a_hostile_peer_gets_the_errors_receive_gives(loop: str, kind: str, hostile: str) -> None:
     errors: list[tuple[type[BaseException] | None, str]] = []
     before = open_fds()
     with AnonymousMemory(16) as mem:

@@ -31,8 +31,6 @@ from anonshm import (
 from tests._mp_workers import channel_echo, channel_sum, channel_write_numbers
 from tests.conftest import FEATURES, child_env, open_fds, python_child, run_child
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="tests/windows covers Windows")
-
 READER_CHILD = """
 import hashlib, sys
 from anonshm import ChannelReader
