@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import Any, Final, Self, final
 
-    from typing_extensions import Buffer
+    import typing_extensions
 
     from . import _handoff
     from ._protection import Protection
@@ -38,7 +38,9 @@ else:
     from ._compat import final
 
     _handoff = None  # imported by the first send or receive: see _load_handoff
-join(globals(), "Any", "Final", "Protection", "Self", "TracebackType", "socket")
+join(
+    globals(), "Any", "Final", "Protection", "Self", "TracebackType", "socket", "typing_extensions"
+)
 
 __all__ = ["DEFAULT_NAME", "AnonymousMemory", "ForChild"]
 
@@ -754,7 +756,7 @@ class AnonymousMemory:
         finally:
             close_all(pending)
 
-    def write(self, data: "Buffer", offset: int = 0) -> int:
+    def write(self, data: "typing_extensions.Buffer", offset: int = 0) -> int:
         r"""Copy ``data`` into the memory at ``offset``, through the kernel, with no map.
 
         ``pwrite`` on POSIX; on Windows a view of just the pages involved, mapped for

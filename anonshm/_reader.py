@@ -186,6 +186,47 @@ class ChannelReader(End):
         # refused, and _reclaim() keeps the slot.
         return memoryview(PickleBuffer(base))
 
+    async def read_async(self) -> bytes:
+        """:meth:`read` on the running asyncio loop: waits there, never blocking it.
+
+        The same errors as :meth:`read`; bound it with ``asyncio.timeout()``.  A
+        cancelled wait consumes nothing: the message is there for the next call.
+
+        Example:
+            >>> import asyncio
+            >>> from anonshm import channel
+            >>> async def main():
+            ...     reader, writer = channel(64)
+            ...     with reader, writer:
+            ...         later = asyncio.create_task(reader.read_async())
+            ...         await asyncio.sleep(0)  # the task waits on the loop
+            ...         await writer.write_async(b"async")
+            ...         return await later
+            >>> asyncio.run(main())
+            b'async'
+        """
+        from ._aio import readable  # noqa: PLC0415 - import anonshm never loads asyncio
+
+        while True:
+            try:
+                return self.read(timeout=0)
+            except TimeoutError:
+                await readable(self._ready_fd())
+
+    async def view_async(self) -> memoryview:
+        """:meth:`view` on the running asyncio loop (as :meth:`read_async`)."""
+        from ._aio import readable  # noqa: PLC0415
+
+        while True:
+            try:
+                return self.view(timeout=0)
+            except TimeoutError:
+                await readable(self._ready_fd())
+
+    def _ready_fd(self) -> int:
+        # Before the first message its hello comes on the socket; then records, on the pipe.
+        return self._pipe if self._pipe >= 0 else self._live().fileno()
+
     def poll(self, timeout: float | None = 0) -> bool:
         """Whether a message (or the end of the stream) is ready, waiting up to ``timeout``."""
         if self._at < self._count:

@@ -152,6 +152,20 @@ class ChannelWriter(End):
             raise
         self._post(slot, length)
 
+    async def write_async(self, data: "typing_extensions.Buffer") -> None:
+        """:meth:`write` on the running asyncio loop: waits there for a free slot.
+
+        The same errors as :meth:`write`; bound it with ``asyncio.timeout()``.  A
+        cancelled wait sends nothing.  For zero copy, ``async with writer.reserve(n)``.
+        """
+        from ._aio import readable  # noqa: PLC0415 - import anonshm never loads asyncio
+
+        while True:
+            try:
+                return self.write(data, timeout=0)
+            except TimeoutError:
+                await readable(self._live().fileno())  # slots come back on the socket
+
     def reserve(self, size: int, timeout: float | None = None) -> "Reservation":
         """A free slot to fill in place: ``with writer.reserve(n) as buf: ...``.
 
@@ -159,7 +173,9 @@ class ChannelWriter(End):
         the message is sent when the block ends, and nothing is sent when the block
         raises (the slot is free again).  A view made from ``buf`` must not outlive
         the block: if one does, nothing is sent, the block raises ``BufferError``, and
-        the slot stays out of use until that view goes.
+        the slot stays out of use until that view goes.  ``async with`` waits for the
+        slot on the running asyncio loop instead (``timeout`` is then not used: bound it
+        with ``asyncio.timeout()``).
 
         Raises:
             ValueError: ``size`` is more than ``slot_size`` or negative.
@@ -183,6 +199,11 @@ class ChannelWriter(End):
                 self._unpark()
             if free:
                 return free.pop()
+            if not self._flight.count(1):
+                raise BufferError(
+                    f"every slot of {self._name!r} is held by a view that outlived its "
+                    "reserve() block: none can come free until one of them is gone"
+                )
             assert self._poller is not None
             _stream.wait(self._poller, deadline, f"no free slot (all {self._slots} are in flight)")
 
@@ -282,6 +303,24 @@ class Reservation:
             raise
         self._slot, self._base, self._buf = slot, base, buf
         return buf
+
+    async def __aenter__(self) -> memoryview:
+        from ._aio import readable  # noqa: PLC0415 - import anonshm never loads asyncio
+
+        self._timeout = 0
+        while True:
+            try:
+                return self.__enter__()
+            except TimeoutError:
+                await readable(self._writer._live().fileno())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: "TracebackType | None",
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
 
     def __exit__(
         self,
