@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
 import sys
 
@@ -27,7 +28,18 @@ def _run(script: str, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("args", [(), ("--start-method", "spawn", "--workers", "2")], ids=str)
+# Python 3.14 makes forkserver the default on Linux: every start method this platform has.
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        *(
+            ("--start-method", method, "--workers", "2")
+            for method in multiprocessing.get_all_start_methods()
+        ),
+    ],
+    ids=str,
+)
 def test_numpy_pool_fills_the_shared_array_from_workers(args: tuple[str, ...]) -> None:
     pytest.importorskip("numpy")
     out = _run("numpy_pool.py", *args)
