@@ -43,6 +43,12 @@ __all__ = [
 __version__ = "0.1.0"
 
 _REDUCTION = "multiprocessing.reduction"
+# The other picklers taught to send memories when their module loads (``_loky``): loky's
+# registry, in loky and in joblib's copy of it (joblib's default backend), and joblib's
+# multiprocessing backend, which pickles with a pickler of its own.
+_OTHER_PICKLERS = frozenset(
+    {"loky.backend.reduction", "joblib.externals.loky.backend.reduction", "joblib.pool"}
+)
 
 
 class _ReducerHook:
@@ -65,6 +71,10 @@ class _ReducerHook:
             from ._hints import find_spec as find_hinted  # noqa: PLC0415 - loaded already
 
             return find_hinted(fullname, path, target)
+        if fullname in _OTHER_PICKLERS:
+            from ._loky import find_spec as find_other  # noqa: PLC0415 - as below
+
+            return find_other(fullname, path, target)
         if fullname != _REDUCTION:
             return None
         from ._multiprocessing import find_spec  # noqa: PLC0415 - the point
@@ -79,6 +89,11 @@ if _REDUCTION in sys.modules:  # multiprocessing came first: register now (again
 
     register(sys.modules[_REDUCTION])
     del register
+for _name in sorted(_OTHER_PICKLERS & sys.modules.keys()):  # loky or joblib came first
+    from ._loky import register as register_other
+
+    register_other(sys.modules[_name])
+    del register_other
 
 # Loaded on first use, so a child that only maps the memory it inherited never pays for
 # them: spawn and its types come with subprocess and typing (~10 ms of import), and

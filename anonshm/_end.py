@@ -327,12 +327,27 @@ def check_pipe(fd: int, what: str) -> None:
 KINDS: "list[type[End]]" = []
 
 
+_PICKLERS = (  # those that register a reducer per type, as multiprocessing's does
+    "multiprocessing.reduction",
+    "loky.backend.reduction",
+    "joblib.externals.loky.backend.reduction",
+)
+
+
 def join(kind: "type[End]") -> None:
-    """Make multiprocessing send ends of ``kind`` (called by _reader and _writer)."""
+    """Make multiprocessing, loky and joblib send ends of ``kind`` (_reader, _writer).
+
+    Those loaded already learn it now; those loaded later, when they load
+    (``_multiprocessing.register``, ``_loky``).
+    """
     KINDS.append(kind)
-    reduction = sys.modules.get("multiprocessing.reduction")
-    if reduction is not None:
-        reduction.register(kind, reduce)
+    for name in _PICKLERS:
+        module = sys.modules.get(name)
+        if module is not None:
+            module.register(kind, reduce)
+    loky = sys.modules.get(f"{__package__}._loky")
+    if loky is not None:  # joblib's pool pickler reads this table each time it is made
+        loky.REDUCERS[kind] = reduce
 
 
 def reduce(end: End) -> "tuple[Callable[..., End], tuple[object, ...]]":

@@ -107,10 +107,11 @@ def register(reduction: ModuleType) -> None:
 
 
 class _RegisteringLoader:
-    """Runs the real loader of multiprocessing.reduction, then registers the reducer."""
+    """Runs the real loader of a pickler's module, then registers the reducers with it."""
 
-    def __init__(self, loader: object) -> None:
+    def __init__(self, loader: object, register: Callable[[ModuleType], None]) -> None:
         self._loader = loader
+        self._register = register
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._loader, name)  # get_source, is_package, ... as before
@@ -121,19 +122,24 @@ class _RegisteringLoader:
 
     def exec_module(self, module: ModuleType) -> None:
         self._loader.exec_module(module)  # type: ignore[attr-defined]
-        register(module)
+        self._register(module)
 
 
 _resolving: set[int] = set()  # threads inside find_spec right now
 
 
 def find_spec(
-    fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    fullname: str,
+    path: Sequence[str] | None,
+    target: ModuleType | None = None,
+    *,
+    register: Callable[[ModuleType], None] = register,
 ) -> ModuleSpec | None:
     """The spec of multiprocessing.reduction, its loader wrapped to register the reducer.
 
     Called by the import hook in ``anonshm/__init__.py`` for that one module, every time
-    it loads (a reload registers again).  It asks the other finders, as the import
+    it loads (a reload registers again); and by ``_loky`` for the modules of the other
+    picklers it teaches, with their ``register``.  It asks the other finders, as the import
     system would have, and only wraps the loader they return.  With no spec, or a
     loader it cannot wrap, it steps aside and the import proceeds untouched: the
     reducer is then not registered, and pickling a memory stays the clear
@@ -153,7 +159,7 @@ def find_spec(
             spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _RegisteringLoader(spec.loader)  # type: ignore[assignment]
+                    spec.loader = _RegisteringLoader(spec.loader, register)  # type: ignore[assignment]
                 return spec
         return None
     finally:

@@ -50,6 +50,22 @@ def test_numpy_pool_fills_the_shared_array_from_workers(args: tuple[str, ...]) -
     assert lines[-1] == "parent checked every value: ok"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--backend", "multiprocessing", "--workers", "3")],
+    ids=["loky", "multiprocessing"],
+)
+def test_joblib_pool_fills_the_shared_table_from_workers(args: tuple[str, ...]) -> None:
+    pytest.importorskip("joblib")
+    out = _run("joblib_pool.py", *args)
+    lines = out.splitlines()
+    slices = 4 * int(args[-1]) if args else 8  # four tasks per worker, 2 workers by default
+    backend = args[1] if args else "loky"
+    assert f"({backend}) filled {slices} slices of a table of 4096 int64" in lines[0]
+    assert len([line for line in lines if line.lstrip().startswith("values ")]) == slices
+    assert lines[-1] == "parent checked every value: ok"
+
+
 # The example's client receives with the default checks, which refuse every memory a
 # backend without seals makes; the fix is in the example (see the posix-tests report).
 @pytest.mark.skipif(
