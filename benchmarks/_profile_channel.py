@@ -5,9 +5,9 @@ of each end with no wake-up of another process in it (the streaming scenario has
 those).  The writer's side is timed over ``slots`` messages at a time, every slot free
 at the start, a quarter of the slots at a time (one write in ``slots / 2`` also takes
 the acknowledgements in); the reader's over the same messages (one ``readv`` per
-batch, an acknowledgement ``send`` per half of the slots).  Then the pieces those calls are made of, one by one,
-and cProfile of both loops.  The pieces reach into anonshm's private names on purpose;
-one that no longer exists is reported as unavailable.
+batch, an acknowledgement ``send`` per half of the slots).  Then the pieces those calls
+are made of, one by one, and cProfile of both loops.  The pieces reach into anonshm's
+private names on purpose; one that no longer exists is reported as unavailable.
 """
 
 from __future__ import annotations
