@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import cProfile
 import gc
+import importlib
 import io
 import os
 import pstats
@@ -164,9 +165,11 @@ def _raw(size: int, data: bytes) -> None:
         per = _per_call(write_64, 500) / SLOTS
         _row(f"os.write(pipe, 16 B), {SLOTS} then one readv (per record)", per)
         _piece("RECORD.pack(slot, length)", lambda: record.pack(3, size))
-        from _signal import SIGPIPE, getsignal  # what _post calls per message
-
-        _piece("_signal.getsignal(SIGPIPE)", lambda: getsignal(SIGPIPE))
+        # What _post calls per message: the C half (signal.getsignal makes an enum).
+        c_signal = importlib.import_module("_signal")
+        getsignal: Callable[[int], object] = c_signal.getsignal
+        sigpipe: int = c_signal.SIGPIPE
+        _piece("_signal.getsignal(SIGPIPE)", lambda: getsignal(sigpipe))
         end = min(size, 4096 * SLOTS)
 
         def copy_in() -> None:
