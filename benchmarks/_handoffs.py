@@ -281,7 +281,7 @@ def pinned_apart() -> Iterator[str]:
         _worker_cpus.clear()
 
 
-def _pin_worker(pid: int) -> None:
+def pin_worker(pid: int) -> None:
     if _worker_cpus:
         os.sched_setaffinity(pid, _worker_cpus)
 
@@ -294,7 +294,7 @@ class _SocketWorker:
         with theirs:
             argv = [PYTHON, CHILD, mode, str(theirs.fileno())]
             self.process = subprocess.Popen(argv, pass_fds=[theirs.fileno()])
-        _pin_worker(self.process.pid)
+        pin_worker(self.process.pid)
         stack.callback(self.close)
 
     def close(self) -> None:
@@ -373,7 +373,7 @@ class PicklePipe:
     def __init__(self, stack: ExitStack) -> None:
         argv = [PYTHON, CHILD, "worker-pickle"]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        _pin_worker(self.process.pid)
+        pin_worker(self.process.pid)
         stack.callback(self.close)
 
     def close(self) -> None:
@@ -400,7 +400,7 @@ class _QueueWorker:
         self.process = ctx.Process(target=_child.mp_worker, args=(self.inbox, self.outbox))
         self.process.start()
         assert self.process.pid is not None
-        _pin_worker(self.process.pid)
+        pin_worker(self.process.pid)
         stack.callback(self.close)
 
     def answer(self) -> int:
@@ -483,7 +483,7 @@ class ForkMmap:
             _forked_reader(mm, answer_w, go_r)
         os.close(go_r)
         os.close(answer_w)
-        _pin_worker(self.pid)
+        pin_worker(self.pid)
         self.size = size
 
     def __call__(self, payload: Payload) -> Sample:

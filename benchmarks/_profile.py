@@ -289,5 +289,8 @@ def main() -> int:
     print(f"anonshm from {anonshm.__file__}; Python {sys.version.split()[0]}")
     pieces()
     profile_lifecycle()
+    import _profile_channel
+
+    _profile_channel.main()
     imports()
     return 0

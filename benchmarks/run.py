@@ -15,6 +15,7 @@ status is 0 whether goals pass or miss.  See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -30,14 +31,15 @@ import _child
 import _handoffs
 import _harness
 import _scenarios
+import _streaming
 from _harness import GIB, KIB, MIB, Case, human, interleave, seconds
 
 import anonshm
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
-SCENARIOS: Final = ("lifecycle", "handoff", "spawn", "touch")
+SCENARIOS: Final = ("lifecycle", "handoff", "spawn", "touch", "streaming", "slots")
 THP_SHMEM: Final = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
 
@@ -52,6 +54,12 @@ class Plan:
     spawn_rounds: int
     touch_size: int
     touch_rounds: int
+    # (size, messages per throughput sample, messages per latency sample, rounds)
+    streaming: tuple[tuple[int, int, int, int], ...]
+    stream_budget: float  # seconds per size and measure before rounds stop early
+    round_trip: tuple[int, int]  # (round trips per sample, rounds)
+    slot_counts: tuple[int, ...]
+    slot_sizes: tuple[tuple[int, int, int], ...]  # (size, messages per sample, rounds)
 
 
 FULL: Final = Plan(
@@ -68,6 +76,18 @@ FULL: Final = Plan(
     spawn_rounds=15,
     touch_size=256 * MIB,
     touch_rounds=7,
+    streaming=(
+        (64, 5000, 300, 7),
+        (4 * KIB, 5000, 300, 7),
+        (64 * KIB, 2000, 200, 7),
+        (1 * MIB, 200, 50, 7),
+        (16 * MIB, 16, 8, 5),
+        (256 * MIB, 4, 2, 3),
+    ),
+    stream_budget=40.0,
+    round_trip=(2000, 7),
+    slot_counts=(4, 8, 16, 32, 64, 128, 256),
+    slot_sizes=((64, 5000, 7), (4 * KIB, 5000, 7)),
 )
 QUICK: Final = Plan(
     lifecycle=((4 * KIB, 100, 15), (64 * MIB, 1, 5)),
@@ -77,6 +97,17 @@ QUICK: Final = Plan(
     spawn_rounds=5,
     touch_size=64 * MIB,
     touch_rounds=3,
+    streaming=(
+        (64, 500, 50, 3),
+        (4 * KIB, 500, 50, 3),
+        (64 * KIB, 100, 20, 3),
+        (1 * MIB, 30, 10, 3),
+        (16 * MIB, 3, 2, 3),
+    ),
+    stream_budget=1.5,
+    round_trip=(200, 3),
+    slot_counts=(8, 64),
+    slot_sizes=((4 * KIB, 500, 3),),
 )
 
 
@@ -222,6 +253,94 @@ def run_touch(plan: Plan) -> Iterator[Case]:
     yield case
 
 
+# What a size's workers hold at once: each one's reused buffer, the raw routes' read
+# buffers, two channels and the floor (two slots each), memories in flight, copies.
+STREAM_MEMORY_FACTOR: Final = 28
+
+
+def run_streaming(plan: Plan, pin: bool) -> Iterator[Case]:
+    _title("5. streaming to a long-lived worker: every message copied whole into a reused buffer")
+    print(
+        "   throughput: messages sent back to back; latency: one at a time, stamped at the\n"
+        "   start of the send, timed once the worker has copied it all (p50/p99 per round,\n"
+        "   medians over rounds); vs Pipe: throughput over mp.Pipe's (above 1: faster)"
+    )
+    with ExitStack() as stack:
+        placement = stack.enter_context(_handoffs.pinned_apart()) if pin else None
+        if placement is not None:
+            print(f"   {placement}")
+        pool = stack.enter_context(_streaming.Pool())
+        yield from _stream_sizes(plan, pool)
+        count, rounds = plan.round_trip
+        case = Case("streaming/round trip", "64 B round trip", "two os.pipe pairs")
+        case.notes.append(f"{count} round trips per round")
+        workers = pool.ready(_streaming.round_trip_contenders(), 64)
+        trials = [(w.name, _streaming.round_trip_trial(w, count)) for w in workers]
+        interleave(case, trials, rounds=rounds, warmup=1, budget=plan.stream_budget)
+    _streaming.print_latency(case, "two os.pipe pairs")
+    yield case
+
+
+def _stream_sizes(plan: Plan, pool: _streaming.Pool) -> Iterator[Case]:
+    for size, count, timed, rounds in plan.streaming:
+        label = human(size)
+        cases = (
+            Case("streaming/throughput", label, _streaming.PIPE),
+            Case("streaming/latency", f"one-way latency, {label}", _streaming.PIPE),
+        )
+        if size >= 64 * MIB and _harness.available_memory() < STREAM_MEMORY_FACTOR * size:
+            print(f"-- {label}: skipped (less than {STREAM_MEMORY_FACTOR}x free memory)")
+            for case in cases:
+                case.notes.append("skipped: not enough free memory")
+            yield from cases
+            continue
+        data = _streaming.payload(size)
+        throughput, latency = cases
+        throughput.notes.append(
+            f"{count} messages per sample; channel slots: {_streaming.slots_for(size)}"
+        )
+        workers = pool.ready(_streaming.contenders(size), size)
+        trials = [(w.name, _streaming.throughput_trial(w, data, count)) for w in workers]
+        interleave(throughput, trials, rounds=rounds, warmup=1, budget=plan.stream_budget)
+        if size >= 16 * MIB:
+            copy = _streaming.floor_copy(size, max(3, rounds))
+            throughput.notes.append(
+                f"one memcpy of {label} between two maps faulted in, in one process: "
+                f"{seconds(copy)} ({size / copy / 1e9:.3g} GB/s)"
+            )
+        _streaming.print_throughput(throughput, size)
+        trials = [(w.name, _streaming.latency_trial(w, data, timed)) for w in workers]
+        latency.notes.append(f"{timed} messages per round")
+        interleave(latency, trials, rounds=rounds, warmup=1, budget=plan.stream_budget)
+        _streaming.print_latency(latency, _streaming.PIPE)
+        del data
+        yield from cases
+
+
+def run_slots(plan: Plan, pin: bool) -> Iterator[Case]:
+    _title("6. slots: channel throughput by the number of slots (as in 5)")
+    contenders: list[tuple[str, Callable[[], _streaming.Route]]] = [
+        (_streaming.PIPE, _streaming.PipeRoute)
+    ]
+    for slots in plan.slot_counts:
+        for zero_copy, how in ((False, "write/read"), (True, "reserve/view")):
+            route = functools.partial(_streaming.ChannelRoute, zero_copy, slots)
+            contenders.append((f"slots={slots} {how}", route))
+    with ExitStack() as stack:
+        if pin:
+            print(f"   {stack.enter_context(_handoffs.pinned_apart())}")
+        pool = stack.enter_context(_streaming.Pool())
+        for size, count, rounds in plan.slot_sizes:
+            case = Case("slots", human(size), _streaming.PIPE)
+            case.notes.append(f"{count} messages per sample")
+            data = _streaming.payload(size)
+            workers = pool.ready(contenders, size)
+            trials = [(w.name, _streaming.throughput_trial(w, data, count)) for w in workers]
+            interleave(case, trials, rounds=rounds, warmup=1, budget=plan.stream_budget)
+            _streaming.print_slots(case, size, plan.slot_counts)
+            yield case
+
+
 @dataclass
 class Goal:
     text: str
@@ -276,6 +395,42 @@ def goals(cases: list[Case], shmem: str) -> list[Goal]:
             "Popen(pass_fds, env=)"
         )
         found.append(Goal("spawn: anonshm / Popen(pass_fds, env=) <= 1.05", value, 1.05, False))
+    found.extend(streaming_goals(cases))
+    return found
+
+
+def streaming_goals(cases: list[Case]) -> list[Goal]:
+    found: list[Goal] = []
+    pipe = _streaming.PIPE
+    mine = ("channel write/read", "channel reserve/view")
+    for size, limit in (("4 KiB", 3.0), ("16 MiB", 5.0)):
+        case = _find(cases, "streaming/throughput", size)
+        for name in mine:
+            text = f"streaming {size}: {name} throughput / mp.Pipe's >= {limit:g}"
+            if case is None or not case.samples:
+                found.append(Goal(text + " (not run)", float("nan"), limit, True, False))
+                continue
+            found.append(Goal(text, case.median(pipe) / case.median(name), limit, True))
+    trip = _find(cases, "streaming/round trip", "64 B round trip")
+    if trip is not None and trip.samples:
+        value = trip.median("two channels (write/read)") / trip.median("two os.pipe pairs")
+        found.append(
+            Goal("round trip 64 B: two channels / two os.pipe pairs <= 1.5", value, 1.5, False)
+        )
+    big = _find(cases, "streaming/throughput", "256 MiB")
+    floor = "floor: mapped slots, raw pipes"
+    for name in mine:
+        texts = (
+            f"streaming 256 MiB: pickle through os.pipe / {name} >= 10",
+            f"streaming 256 MiB: {name} / the floor <= 1.2",
+        )
+        if big is None or not big.samples:
+            found.extend(Goal(t + " (not run)", float("nan"), 0, True, False) for t in texts)
+            continue
+        found.append(
+            Goal(texts[0], big.median("pickle through os.pipe") / big.median(name), 10.0, True)
+        )
+        found.append(Goal(texts[1], big.median(name) / big.median(floor), 1.2, False))
     return found
 
 
@@ -379,6 +534,10 @@ def _run_scenarios(plan: Plan, only: list[str], cases: list[Case], *, pin: bool)
             cases.extend(run_spawn(plan))
         if "touch" in only:
             cases.extend(run_touch(plan))
+        if "streaming" in only:
+            cases.extend(run_streaming(plan, pin))
+        if "slots" in only:
+            cases.extend(run_slots(plan, pin))
     finally:
         _stop_resource_tracker()
 
