@@ -5,6 +5,7 @@ import errno
 import os
 import stat
 import sys
+from _warnings import warn  # warnings.warn, without importing warnings.py
 
 assert sys.platform != "win32"  # for type checkers: POSIX only (see _channel)
 
@@ -304,12 +305,13 @@ class End:
         )
 
 
-def _unclosed(kind: str, name: str, sock: "_socket.socket") -> None:
-    # Holds the socket, not the end: closed here, so that it does not warn again.
+def _unclosed(
+    kind: str, name: str, sock: "_socket.socket", _warn: "Callable[..., None]" = warn
+) -> None:
+    # Holds the socket, not the end: closed here, so that it does not warn again.  The
+    # default argument keeps warn reachable while the interpreter shuts down.
     sock.close()
-    from _warnings import warn  # noqa: PLC0415 - warnings.warn, without warnings.py
-
-    warn(f"unclosed {kind} {name!r}", ResourceWarning, stacklevel=1)
+    _warn(f"unclosed {kind} {name!r}", ResourceWarning, stacklevel=1)
 
 
 def check_pipe(fd: int, what: str) -> None:

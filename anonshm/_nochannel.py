@@ -54,9 +54,27 @@ class _End:
 
 @final
 class ChannelReader(_End):
-    """The reading end of a channel: not on this backend."""
+    """The reading end of a channel: not on this backend.
+
+    Example:
+        >>> from anonshm import AnonShmError, ChannelReader
+        >>> try:
+        ...     ChannelReader.inherited("frames")
+        ... except AnonShmError:
+        ...     print("refused")
+        refused
+    """
 
 
 @final
 class ChannelWriter(_End):
-    """The writing end of a channel: not on this backend."""
+    """The writing end of a channel: not on this backend.
+
+    Example:
+        >>> from anonshm import AnonShmError, ChannelWriter
+        >>> try:
+        ...     ChannelWriter.inherited("results")
+        ... except AnonShmError:
+        ...     print("refused")
+        refused
+    """

@@ -4,6 +4,7 @@ import errno
 import os
 import sys
 from _pickle import PickleBuffer
+from array import array
 
 assert sys.platform != "win32"  # for type checkers: POSIX only (see _channel)
 
@@ -14,7 +15,7 @@ from ._errors import ChannelError  # noqa: E402
 from ._hints import join as _join  # noqa: E402
 from ._holder import Pending, close_all  # noqa: E402
 from ._memory import AnonymousMemory  # noqa: E402
-from ._stream import NOSIGNAL, RECORD, WORD  # noqa: E402
+from ._stream import NOSIGNAL, RECORD  # noqa: E402
 from ._wire import READ_ONLY  # noqa: E402
 
 TYPE_CHECKING = __name__ == "typing"  # False when run, open to tools: see _compat
@@ -22,9 +23,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Final, final
 
+    import typing_extensions
+
 else:
     from ._compat import final
-_join(globals(), "Iterator")
+_join(globals(), "Iterator", "typing_extensions")
 
 __all__ = ["ChannelReader"]
 
@@ -57,9 +60,8 @@ class ChannelReader(End):
     _count: int = 0  # whole records in _records
     _have: int = 0  # bytes in _records
     _mine: bytearray  # 1: the writer sent the slot and has not been given it back
-    _held: int = 0  # slots that are mine
-    _done: "memoryview"  # acknowledgements not yet sent, as 64-bit words
-    _ndone: int = 0
+    _acks: "list[int]"  # slots read and given up, not yet given back: sent by _flush
+    _free_space: memoryview  # _records, to read into
     _batch: int = 1
     _viewed: "list[tuple[int, memoryview]]"
     _ended: bool = False
@@ -68,6 +70,7 @@ class ChannelReader(End):
 
     def _fresh(self) -> None:
         self._viewed = []
+        self._acks = []
 
     def _begin(self, deadline: float | None) -> None:
         """Receive the memory and the records' pipe with the writer's first message."""
@@ -108,7 +111,7 @@ class ChannelReader(End):
         self._records = bytearray((slots + 1) * RECORD.size)
         self._queued = memoryview(self._records).cast("Q")
         self._mine = bytearray(slots)
-        self._done = memoryview(bytearray(slots * WORD)).cast("Q")
+        self._free_space = memoryview(self._records)
         self._batch = max(1, slots // 2)
         self._pipe = self._owned[0]
         self._poller = _stream.poller_fd(self._pipe, _POLLIN)
@@ -124,30 +127,74 @@ class ChannelReader(End):
                 so no message can come until one is released.
             ChannelError: the writer broke the protocol.
         """
-        if self._viewed:
-            self._reclaim()
+        # The path of every small message, kept short: a Python call costs as much
+        # as copying a few KiB (benchmarks/, --profile).
         at = self._at
-        if at < self._count:
+        if at < self._count and not self._viewed:
             queued = self._queued
-            slot, length = queued[2 * at], queued[2 * at + 1]
+            slot = queued[2 * at]
+            length = queued[2 * at + 1]
             self._at = at + 1
         else:
             slot, length = self._next(timeout)
         mine = self._mine
         if slot >= self._slots or length > self._slot_size or mine[slot]:
             self._refuse(slot, length)
-        mm = self._mm
-        assert mm is not None
         start = slot * self._stride
-        data = mm[start : start + length]
+        data = self._mm[start : start + length]  # type: ignore[index]
         mine[slot] = 1
-        self._held += 1
-        done = self._ndone
-        self._done[done] = slot
-        self._ndone = done = done + 1
-        if done >= self._batch:
+        acks = self._acks
+        acks.append(slot)
+        if len(acks) >= self._batch:
             self._flush()
         return data
+
+    def read_into(self, buffer: "typing_extensions.Buffer", timeout: float | None = None) -> int:
+        """Copy the next message into ``buffer`` (writable, bytes-like); its length.
+
+        One copy, into memory the caller reuses: for large messages ``read()`` pays
+        for a new ``bytes`` each time (its pages are faulted in and zeroed afresh).
+
+        Raises:
+            ValueError: the message is longer than ``buffer``; it is not consumed.
+            The others as :meth:`read`.
+
+        Example:
+            >>> from anonshm import channel
+            >>> reader, writer = channel(64)
+            >>> with reader, writer:
+            ...     writer.write(b"into a buffer")
+            ...     target = bytearray(64)
+            ...     length = reader.read_into(target)
+            ...     bytes(target[:length])
+            b'into a buffer'
+        """
+        target = memoryview(buffer)
+        if target.readonly:
+            raise TypeError("read_into() needs a writable buffer")
+        target = target.cast("B") if target.format != "B" or target.ndim != 1 else target
+        slot, length = self._next(timeout) if self._at >= self._count else self._pop()
+        if slot >= self._slots or length > self._slot_size or self._mine[slot]:
+            self._refuse(slot, length)
+        if length > len(target):
+            self._at -= 1  # put back: the next call reads it
+            raise ValueError(f"a message of {length} bytes does not fit a buffer of {len(target)}")
+        start = slot * self._stride
+        target[:length] = self._whole[start : start + length]  # type: ignore[index]
+        self._mine[slot] = 1
+        acks = self._acks
+        acks.append(slot)
+        if len(acks) >= self._batch:
+            self._flush()
+        return length
+
+    def _pop(self) -> tuple[int, int]:
+        if self._viewed:
+            self._reclaim()
+        at = self._at
+        queued = self._queued
+        self._at = at + 1
+        return queued[2 * at], queued[2 * at + 1]
 
     def view(self, timeout: float | None = None) -> memoryview:
         """The next message, in place: a read-only ``memoryview`` of exactly its bytes.
@@ -156,31 +203,31 @@ class ChannelReader(End):
         to the writer only once ``buf`` and every view made from it (slices, numpy
         arrays) are gone, so nothing ever reuses memory under a live view; leaving
         the block releases ``buf`` itself (``memoryview``'s own rule: ``BufferError``
-        if an object still holds its buffer exported).  Holding views of all the
-        slots stops the stream: the next ``read``/``view`` raises ``BufferError``.
+        if an object still holds its buffer exported).  The slot goes back at the
+        reader's next call after that.  Holding views of all the slots stops the
+        stream: the next ``read``/``view`` raises ``BufferError``.
 
         Raises:
             The same errors as :meth:`read`.
         """
-        if self._viewed:
+        viewed = self._viewed
+        if viewed:
             self._reclaim()
         at = self._at
         if at < self._count:
             queued = self._queued
-            slot, length = queued[2 * at], queued[2 * at + 1]
+            slot = queued[2 * at]
+            length = queued[2 * at + 1]
             self._at = at + 1
         else:
             slot, length = self._next(timeout)
         mine = self._mine
         if slot >= self._slots or length > self._slot_size or mine[slot]:
             self._refuse(slot, length)
-        whole = self._whole
-        assert whole is not None
         start = slot * self._stride
-        base = whole[start : start + length]
+        base = self._whole[start : start + length]  # type: ignore[index]
         mine[slot] = 1
-        self._held += 1
-        self._viewed.append((slot, base))
+        viewed.append((slot, base))
         # The view handed out holds an export of `base` (a PickleBuffer lends base's
         # own buffer): while it or any view made from it lives, base.release() is
         # refused, and _reclaim() keeps the slot.
@@ -249,11 +296,12 @@ class ChannelReader(End):
             yield data
 
     def _next(self, timeout: float | None, *, take: bool = True) -> tuple[int, int]:
-        """The next record, read from the socket (waiting up to ``timeout``)."""
-        self._live()
-        deadline = _stream.deadline(timeout)
-        if self._mm is None:
-            self._begin(deadline)
+        """The next record, read from the pipe (waiting up to ``timeout``)."""
+        if self._viewed:
+            self._reclaim()
+        if self._at < self._count:  # queued already (read() left it for the views)
+            return self._pop() if take else (-1, -1)
+        deadline = self._started_by(timeout)
         records = self._records
         count, have = self._count, self._have
         if count:  # all taken: keep what is left of a record split across reads
@@ -261,7 +309,6 @@ class ChannelReader(End):
             records[:rest] = records[have - rest : have]
             self._at = self._count = 0
             self._have = have = rest
-        view = memoryview(records)
         pipe = self._pipe
         while True:
             if self._ended:
@@ -272,7 +319,7 @@ class ChannelReader(End):
                 _stream.wait(self._poller, deadline, "no message arrived")
             # Blocks until records come (none needed any poll first): one system call
             # for all that are queued.
-            got = _READV(pipe, [view[have:]])
+            got = _READV(pipe, [self._free_space[have:]])
             if not got:
                 self._ended = True
                 if have:
@@ -291,13 +338,19 @@ class ChannelReader(End):
                 queued = self._queued
                 return queued[0], queued[1]
 
+    def _started_by(self, timeout: float | None) -> float | None:
+        """The deadline of ``timeout``, once the memory is here (the first message)."""
+        self._live()  # closed, or broken by the writer: raises
+        deadline = None if timeout is None else _stream.deadline(timeout)
+        if self._mm is None:
+            self._begin(deadline)
+        return deadline
+
     def _idle(self) -> None:
         """Before waiting: give back what the writer may be waiting for."""
-        if self._viewed:
-            self._reclaim()
-        if self._held < self._slots:
+        if len(self._acks) + len(self._viewed) < self._slots:
             return  # the writer has a free slot: whatever it sends next wakes us
-        if self._ndone:
+        if self._acks:
             self._flush()  # every slot is here: the writer can send nothing until this
         else:
             raise BufferError(
@@ -306,29 +359,38 @@ class ChannelReader(End):
             )
 
     def _reclaim(self) -> None:
-        keep = []
-        for slot, base in self._viewed:
+        """Give back the slots of views that are gone (their base releases now)."""
+        viewed = self._viewed
+        acks = self._acks
+        if len(viewed) == 1:  # the common case: the view of the previous message
+            slot, base = viewed[0]
             try:
                 base.release()
             except BufferError:
-                keep.append((slot, base))
-                continue
-            done = self._ndone
-            self._done[done] = slot
-            self._ndone = done + 1
-        self._viewed[:] = keep
-        if self._ndone >= self._batch:
+                return
+            viewed.clear()
+            acks.append(slot)
+        else:
+            keep = []
+            for slot, base in viewed:
+                try:
+                    base.release()
+                except BufferError:
+                    keep.append((slot, base))
+                    continue
+                acks.append(slot)
+            viewed[:] = keep
+        if len(acks) >= self._batch:
             self._flush()
 
     def _flush(self) -> None:
         """Give the writer back every slot read, in one send."""
-        done = self._ndone
+        acks = self._acks
         sock = self._sock
-        if sock is None or not done:
+        if sock is None or not acks:
             return
-        acks = self._done[:done]
         try:
-            sock.sendall(acks, NOSIGNAL)
+            sock.sendall(array("Q", acks), NOSIGNAL)
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                 raise
@@ -337,8 +399,7 @@ class ChannelReader(End):
         mine = self._mine
         for slot in acks:
             mine[slot] = 0
-        self._held -= done
-        self._ndone = 0
+        acks.clear()
 
     def _refuse(self, slot: int, length: int) -> None:
         if slot >= self._slots:

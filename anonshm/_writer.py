@@ -43,6 +43,7 @@ _SIGPIPE: "Final" = _signal.SIGPIPE
 _SIG_IGN: "Final" = _signal.SIG_IGN
 _FDS: "Final" = struct.Struct("2i")  # two descriptors in SCM_RIGHTS: native C ints
 _POLLIN: "Final" = 0x001
+_RECORD: "Final" = RECORD.pack
 
 
 @final
@@ -129,28 +130,36 @@ class ChannelWriter(End):
             BrokenPipeError: the reader is gone (closed, or its process died).
             ChannelError: the reader broke the protocol.
         """
+        # The path of every small message, kept short: a Python call costs as much
+        # as copying a few KiB (benchmarks/, --profile).
         mm = self._mm
         if mm is None:
             mm = self._begin()
-        if type(data) is bytes:
-            length = len(data)
-        else:
+        if type(data) is not bytes:
             data = _contiguous(data)
-            length = len(data)
+        length = len(data)
         if length > self._slot_size:
             raise ValueError(
                 f"a message of {length} bytes does not fit a slot of {self._slot_size}"
             )
         free = self._free
         slot = free.pop() if free else self._acquire(timeout)
+        start = slot * self._stride
         try:
-            if length:
-                start = slot * self._stride
-                mm[start : start + length] = data
+            mm[start : start + length] = data
         except BaseException:
             free.append(slot)
             raise
-        self._post(slot, length)
+        # The record: from now on the slot is the reader's.  (In line: a Python call
+        # costs a tenth of a small message.)
+        self._flight[slot] = 1
+        try:
+            if _GETSIGNAL(_SIGPIPE) == _SIG_IGN:  # as Python starts: EPIPE, no signal
+                _WRITE(self._pipe, _RECORD(slot, length))
+            else:
+                _stream.write_without_sigpipe(self._pipe, _RECORD(slot, length))
+        except BrokenPipeError:
+            raise self._gone() from None
 
     async def write_async(self, data: "typing_extensions.Buffer") -> None:
         """:meth:`write` on the running asyncio loop: waits there for a free slot.
@@ -239,22 +248,8 @@ class ChannelWriter(End):
             acks[: have - whole] = acks[whole:have]
             self._have = have = have - whole
 
-    def _post(self, slot: int, length: int) -> None:
-        """Write the record of a filled slot: from now on it is the reader's."""
-        pipe = self._pipe
-        if pipe < 0:
-            raise ValueError("I/O operation on a closed ChannelWriter")
-        self._flight[slot] = 1
-        record = RECORD.pack(slot, length)
-        try:
-            if _GETSIGNAL(_SIGPIPE) == _SIG_IGN:  # as Python starts: EPIPE, no signal
-                _WRITE(pipe, record)
-            else:
-                _stream.write_without_sigpipe(pipe, record)
-        except BrokenPipeError:
-            raise self._break(
-                BrokenPipeError(errno.EPIPE, f"the reader of {self._name!r} is gone")
-            ) from None
+    def _gone(self) -> BaseException:
+        return self._break(BrokenPipeError(errno.EPIPE, f"the reader of {self._name!r} is gone"))
 
     def _unpark(self) -> None:
         keep = []
@@ -349,7 +344,15 @@ class Reservation:
         if exc_type is not None:
             writer._free.append(slot)
             return
-        writer._post(slot, self._size)
+        # The record, as write() sends it.
+        writer._flight[slot] = 1
+        try:
+            if _GETSIGNAL(_SIGPIPE) == _SIG_IGN:
+                _WRITE(writer._pipe, _RECORD(slot, self._size))
+            else:
+                _stream.write_without_sigpipe(writer._pipe, _RECORD(slot, self._size))
+        except BrokenPipeError:
+            raise writer._gone() from None
 
 
 def _contiguous(data: object) -> memoryview:
