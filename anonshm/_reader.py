@@ -301,7 +301,10 @@ class ChannelReader(End):
             self._reclaim()
         if self._at < self._count:  # queued already (read() left it for the views)
             return self._pop() if take else (-1, -1)
-        deadline = self._started_by(timeout)
+        if self._mm is None or self._sock is None or self._broken is not None:
+            deadline = self._started_by(timeout)  # the first message, or closed, or broken
+        else:
+            deadline = None if timeout is None else _stream.deadline(timeout)
         records = self._records
         count, have = self._count, self._have
         if count:  # all taken: keep what is left of a record split across reads
@@ -313,7 +316,8 @@ class ChannelReader(End):
         while True:
             if self._ended:
                 raise EOFError(f"the writer closed channel {self._name!r}")
-            self._idle()  # before any wait: what the writer may be waiting for
+            if len(self._acks) + len(self._viewed) >= self._slots:
+                self._idle()  # before any wait: what the writer may be waiting for
             if deadline is not None:
                 assert self._poller is not None
                 _stream.wait(self._poller, deadline, "no message arrived")
