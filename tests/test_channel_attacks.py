@@ -709,11 +709,11 @@ def _prep_warm_queued(reader: ChannelReader, writer: ChannelWriter) -> None:
 
 
 def _prep_full(reader: ChannelReader, writer: ChannelWriter) -> None:
-    _prep_warm(reader, writer)
-    for _ in range(SLOTS):
-        writer.write(b"f")
-    for _ in range(SLOTS):
-        assert reader.read() == b"f"
+    _prep_warm(reader, writer)  # slot 0 read, not yet given back
+    for _ in range(SLOTS - 1):
+        writer.write(b"f", timeout=0)
+    for _ in range(SLOTS - 1):  # every slot given back; the writer has not looked
+        assert reader.read(timeout=0) == b"f"
 
 
 def _write(reader: ChannelReader, writer: ChannelWriter) -> None:
