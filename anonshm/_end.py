@@ -60,6 +60,7 @@ class End:
     _poller: "_stream.Poll | None" = None
     _ref: "ref[object] | None" = None  # the safety net (_net)
     _pipe: int = -1  # the records' pipe: the writer's end of it, or the reader's
+    _taken: "list[int]"  # the lengths of the geometry's chunks consumed so far (_start)
     _owned: "list[int]" = []  # noqa: RUF012 - replaced by a Pending of its own; owns _pipe
     _kind = "channel end"
     _role = b""  # the geometry's magic for this kind of end (_stream.READER, WRITER)
@@ -82,6 +83,7 @@ class End:
         self._stride = _stream.stride(slot_size)
         self._name = name
         self._skip = length
+        self._taken = []
         self._owned = Pending()
         self._fresh()
         self._sock = sock
@@ -198,9 +200,20 @@ class End:
     def _start(self) -> "_socket.socket":
         """The socket, with the geometry taken off it: from now on the end stays here."""
         sock = self._live()
-        if not self._started:
-            self._started = True  # first: a failure below must not let it be handed on
-            _stream.consume(sock, self._skip, f"{self._kind} {self._name!r}")
+        self._started = True  # first: a failure below must not let it be handed on
+        taken = self._taken  # each chunk's length, stored in the same C call as it is read
+        while (left := self._skip - sum(taken)) > 0:
+            try:
+                taken.extend(map(len, map(sock.recv, (left,), (_stream.DONTWAIT,))))
+            except BlockingIOError:
+                taken.append(0)
+            if not taken[-1]:
+                raise self._break(
+                    ChannelError(
+                        f"{self._kind} {self._name!r}: another process took this end's "
+                        "geometry first (an end is used by one process)"
+                    )
+                )
         return sock
 
     def _handoff_fd(self, pending: list[int]) -> None:
@@ -265,6 +278,7 @@ class End:
         if self._ref is not None:  # first: interrupted after it, close() again finishes
             forget(self._ref)
             self._ref = None
+        self._closing()
         sock, mm, whole = self._sock, self._mm, self._whole
         self._sock = self._mm = self._whole = None
         self._pipe = -1  # first: the number may be another descriptor's a moment later
@@ -276,6 +290,9 @@ class End:
         finally:
             if mm is not None and whole is not None:
                 _unix.unmap(mm, whole)
+
+    def _closing(self) -> None:
+        """Let go of the views whose last user is gone (they hold the map), before it goes."""
 
     def __enter__(self) -> "Self":
         if self._sock is None:

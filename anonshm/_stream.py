@@ -249,16 +249,20 @@ def broken(exc: OSError, what: str) -> "NoReturn":
 def receive_hello(
     sock: "_socket.socket",
     deadline: float | None,
+    *,
     owned: list[int],
     pending: list[int],
+    got: "list[tuple[bytes, list[tuple[int, int, bytes]], int, object]]",
     what: str,
 ) -> int:
     """Receive the writer's first message: the memory's size.
 
     The records' pipe goes into ``owned`` (the reader's), the memory's descriptor into
-    ``pending`` (the caller's, to check and adopt).  Every other descriptor that came
-    is closed, whatever line an exception lands on.  ``EOFError``: the writer closed
-    before its first message; ``TimeoutError``: nothing was consumed.
+    ``pending`` (the caller's, to check and adopt).  ``got`` (the caller's, empty)
+    holds what ``recvmsg`` returned from the C call that made it: once it is not empty
+    the hello is consumed.  Every other descriptor that came is closed, whatever line
+    an exception lands on.  ``EOFError``: the writer closed before its first message;
+    ``TimeoutError``: nothing was consumed.
     """
     from ._handoff import (  # noqa: PLC0415 - loaded by the first reader only
         _ANCILLARY_SPACE,
@@ -270,10 +274,10 @@ def receive_hello(
 
     fds: list[int] = []
     added: list[int] = []
-    ancillary = None
     collected = False
     try:
-        data, ancillary, flags = _first_message(sock, deadline, _ANCILLARY_SPACE, _CMSG_CLOEXEC)
+        _first_message(sock, deadline, _ANCILLARY_SPACE, _CMSG_CLOEXEC, got)
+        data, ancillary, flags, _ = got[0]
         _collect(ancillary, fds, added)
         collected = True
         _close_all(added)
@@ -302,23 +306,80 @@ def receive_hello(
             raise ChannelError(f"{what}: the writer's first message starts {magic!r}")
         return int(size)
     except BaseException:
-        if ancillary is not None and not collected:
-            _collect(ancillary, fds, added)
+        if got and not collected:  # interrupted before they were all seen
+            _collect(got[0][1], fds, added)
         _close_all(fds)
         _close_all(added)
         raise
 
 
 def _first_message(
-    sock: "_socket.socket", deadline: float | None, space: int, flags: int
-) -> tuple[bytes, list[tuple[int, int, bytes]], int]:
-    """``recvmsg`` of the hello, waiting for it until ``deadline``; at the end, empty."""
+    sock: "_socket.socket",
+    deadline: float | None,
+    space: int,
+    flags: int,
+    got: "list[tuple[bytes, list[tuple[int, int, bytes]], int, object]]",
+) -> None:
+    """``recvmsg`` of the hello into ``got``, in the C call that makes it; the end: empty."""
     while True:
         try:
-            data, ancillary, got, _ = sock.recvmsg(HELLO.size, space, flags | DONTWAIT)
+            got.extend(map(sock.recvmsg, (HELLO.size,), (space,), (flags | DONTWAIT,)))
+            return
         except BlockingIOError:
             wait(poller(sock, select.POLLIN), deadline, "no message arrived")
         except ConnectionResetError:  # the writer died with acknowledgements unread
-            return b"", [], 0
+            got.append((b"", [], 0, None))
+            return
+
+
+class Watch:
+    """One descriptor readable when any of those registered is: epoll, or kqueue.
+
+    What a reader's ``fileno()`` gives ``select``: its socket, then its records' pipe,
+    and a pipe of its own that holds a byte while records read ahead wait in the end.
+    """
+
+    def __init__(self, fd: int) -> None:
+        if sys.platform == "linux":
+            self._poller = select.epoll()
         else:
-            return data, ancillary, got
+            self._poller = select.kqueue()
+        self._flags: list[int] = []
+        try:
+            self._flags.extend(os.pipe())
+            self._marked = False
+            self.register(self._flags[0], select.POLLIN)
+            self.register(fd, select.POLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    def register(self, fd: int, events: int) -> None:
+        """Watch ``fd`` for reading too."""
+        if sys.platform == "linux":
+            self._poller.register(fd, select.EPOLLIN)
+        else:
+            event = select.kevent(fd, select.KQ_FILTER_READ, select.KQ_EV_ADD)
+            self._poller.control([event], 0, 0)
+
+    def mark(self) -> None:
+        """Be readable: records wait in the end."""
+        if not self._marked:
+            os.write(self._flags[1], b"!")
+            self._marked = True
+
+    def clear(self) -> None:
+        """Be readable only when the registered descriptors are."""
+        if self._marked:
+            os.read(self._flags[0], 1)
+            self._marked = False
+
+    def fileno(self) -> int:
+        """The descriptor to give ``select``."""
+        return self._poller.fileno()
+
+    def close(self) -> None:
+        """Close every descriptor of it."""
+        self._poller.close()
+        while self._flags:
+            os.close(self._flags.pop())

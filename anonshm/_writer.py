@@ -7,6 +7,7 @@ import struct
 import sys
 from _pickle import PickleBuffer
 from itertools import chain, starmap
+from operator import itemgetter
 
 assert sys.platform != "win32"  # for type checkers: POSIX only (see _channel)
 
@@ -44,6 +45,9 @@ _SIG_IGN: "Final" = _signal.SIG_IGN
 _FDS: "Final" = struct.Struct("2i")  # two descriptors in SCM_RIGHTS: native C ints
 _POLLIN: "Final" = 0x001
 _RECORD: "Final" = RECORD.pack
+_NO_SIGPIPE: "Final" = _stream.write_without_sigpipe
+_LAST: "Final" = (-1,)  # list.pop's argument, for map()
+_FIRST: "Final" = itemgetter(0)
 
 
 @final
@@ -65,27 +69,56 @@ class ChannelWriter(End):
         TimeoutError: timed out: no free slot (all 2 are in flight)
     """
 
+    # Who has each slot, at every line (an interrupt can land between any two): free
+    # here, claimed by one write (until its record is sent, or it is free again),
+    # parked (a reserve() view outlived its block), or the reader's (in flight).
     _free: "list[int]"
+    _claim: "list[int]"  # the slot write() works on; moved in and out in single C calls
+    _sent: "list[object]"  # what the record's os.write returned, stored in the same C call
     _flight: bytearray  # 1: the slot is the reader's (sent, not acknowledged)
     _parked: "list[tuple[int, memoryview]]"  # reserved slots whose views outlived their block
     _acks: bytearray
+    _got: "list[int]"  # what each recv_into of acknowledgements returned (same C call)
+    _returning: "list[int]"  # slots given back, being made free (see _collect)
     _have: int = 0  # bytes of an acknowledgement split across reads
     _kind = "channel writer"
     _role = _stream.WRITER
 
     def _fresh(self) -> None:
         self._free = []
+        self._claim = []
+        self._sent = []
         self._parked = []
+        self._got = []
+        self._returning = []
+
+    def _break(self, exc: BaseException) -> BaseException:
+        self._free.clear()  # for good: the next write waits for no slot, it raises
+        return super()._break(exc)
+
+    def _closing(self) -> None:
+        for index in range(len(self._parked) - 1, -1, -1):  # those gone let go of the map
+            try:
+                self._parked[index][1].release()
+            except BufferError:
+                continue
+            del self._parked[index]
 
     def _begin(self) -> "mmap.mmap":
-        """Create, map and seal the memory; send the reader its descriptor and the pipe's."""
+        """Create, map and seal the memory; send the reader its descriptor and the pipe's.
+
+        Until the hello is sent an interrupt undoes it all (the next write starts
+        again); once it is, the end is set up whatever line the interrupt lands on.
+        """
         sock = self._start()
         size = self._slots * self._stride
         owned = self._owned
-        with AnonymousMemory(size, name=self._name) as mem:
-            with mem._live().borrow() as (fd, _, _):
-                mm, whole = _unix.map(fd, 0, size, READ_WRITE, populate=False, hugepages=False)
-            try:
+        hello: list[int] = []
+        mapped: list[tuple[mmap.mmap, memoryview]] = []
+        try:
+            with AnonymousMemory(size, name=self._name) as mem:
+                with mem._live().borrow() as (fd, _, _):
+                    mapped.extend(map(_map_writable, (fd,), (size,)))
                 if backend.FEATURES.freeze:
                     mem.freeze()  # no holder maps it for writing again; this map still writes
                 # The records' pipe, made into the list that owns it in one C call
@@ -95,29 +128,40 @@ class ChannelWriter(End):
                 try:
                     with mem._live().borrow() as (fd, _, twin):
                         backend.readonly(shared, fd, twin)
-                    rights = _FDS.pack(shared[0], owned[0])
-                    sock.sendmsg(
-                        [HELLO.pack(HELLO_MAGIC, size)],
-                        [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)],
-                        NOSIGNAL,
-                    )
+                    fds = _FDS.pack(shared[0], owned[0])
+                    rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)]
+                    data = [HELLO.pack(HELLO_MAGIC, size)]
+                    # Stored in the same C call as it is sent: after it, the reader has
+                    # the memory, whatever line an interrupt lands on.
+                    hello.extend(map(sock.sendmsg, (data,), (rights,), (NOSIGNAL,)))
                 except OSError as exc:
                     _stream.broken(exc, f"the reader of {self._name!r} is gone")
                 finally:
                     close_all(shared)
-                close_first(owned)
-            except BaseException:
-                close_all(owned)
-                _unix.unmap(mm, whole)
+            self._established(sock, *mapped[0])
+        except BaseException:
+            if hello:  # the reader has it all: finish here, then let the exception go on
+                self._established(sock, *mapped[0])
                 raise
+            close_all(owned)
+            if mapped:
+                _unix.unmap(*mapped.pop())
+            raise
+        return mapped[0][0]
+
+    def _established(self, sock: "_socket.socket", mm: "mmap.mmap", whole: memoryview) -> None:
+        """The state of an end whose reader has its memory and pipe (again: no change)."""
+        owned = self._owned
+        if len(owned) == 2:
+            close_first(owned)  # the read end: the reader's now
         _stream.no_sigpipe(owned[0])
-        self._pipe = owned[0]
-        self._free = list(range(self._slots - 1, -1, -1))  # pop() gives slot 0 first
-        self._flight = bytearray(self._slots)
-        self._acks = bytearray((self._slots + 1) * WORD)
-        self._poller = _stream.poller(sock, _POLLIN)
-        self._mm, self._whole = mm, whole
-        return mm
+        if self._mm is None:
+            self._pipe = owned[0]
+            self._free = list(range(self._slots - 1, -1, -1))  # pop() gives slot 0 first
+            self._flight = bytearray(self._slots)
+            self._acks = bytearray((self._slots + 1) * WORD)
+            self._poller = _stream.poller(sock, _POLLIN)
+            self._mm, self._whole = mm, whole
 
     def write(self, data: "typing_extensions.Buffer", timeout: float | None = None) -> None:
         """Copy ``data`` (any bytes-like object) into a free slot and send it.
@@ -132,6 +176,9 @@ class ChannelWriter(End):
         """
         # The path of every small message, kept short: a Python call costs as much
         # as copying a few KiB (benchmarks/, --profile).
+        claim = self._claim
+        if claim:  # a write an interrupt cut short left its slot here
+            self._settle(claim, self._sent)
         mm = self._mm
         if mm is None:
             mm = self._begin()
@@ -142,24 +189,31 @@ class ChannelWriter(End):
             raise ValueError(
                 f"a message of {length} bytes does not fit a slot of {self._slot_size}"
             )
+        sent = self._sent
+        sent.clear()
         free = self._free
-        slot = free.pop() if free else self._acquire(timeout)
+        if free:
+            claim.extend(map(free.pop, _LAST))  # taken and held in one C call
+        else:
+            self._acquire(timeout, claim)
+        slot = claim[0]
         start = slot * self._stride
         try:
             mm[start : start + length] = data
-        except BaseException:
-            free.append(slot)
-            raise
-        # The record: from now on the slot is the reader's.  (In line: a Python call
-        # costs a tenth of a small message.)
-        self._flight[slot] = 1
-        try:
+            # The record, stored in `sent` in the same C call as it is written: from
+            # then on the slot is the reader's, whatever line an interrupt lands on.
             if _GETSIGNAL(_SIGPIPE) == _SIG_IGN:  # as Python starts: EPIPE, no signal
-                _WRITE(self._pipe, _RECORD(slot, length))
+                sent.extend(map(_WRITE, (self._pipe,), (_RECORD(slot, length),)))
             else:
-                _stream.write_without_sigpipe(self._pipe, _RECORD(slot, length))
+                sent.extend(map(_NO_SIGPIPE, (self._pipe,), (_RECORD(slot, length),)))
         except BrokenPipeError:
             raise self._gone() from None
+        finally:
+            if sent:
+                self._flight[slot] = 1
+                claim.clear()
+            else:
+                free.extend(map(claim.pop, _LAST))
 
     async def write_async(self, data: "typing_extensions.Buffer") -> None:
         """:meth:`write` on the running asyncio loop: waits there for a free slot.
@@ -197,8 +251,8 @@ class ChannelWriter(End):
             raise ValueError(f"cannot reserve {size} bytes in slots of {self._slot_size}")
         return Reservation(self, size, timeout)
 
-    def _acquire(self, timeout: float | None) -> int:
-        """A free slot, once the reader gives one back; TimeoutError at the deadline."""
+    def _acquire(self, timeout: float | None, claim: "list[int]") -> None:
+        """Claim a slot (into ``claim``) once the reader gives one back, or TimeoutError."""
         sock = self._live()
         deadline = _stream.deadline(timeout)
         free = self._free
@@ -207,7 +261,8 @@ class ChannelWriter(End):
             if self._parked:
                 self._unpark()
             if free:
-                return free.pop()
+                claim.extend(map(free.pop, _LAST))
+                return
             if not self._flight.count(1):
                 raise BufferError(
                     f"every slot of {self._name!r} is held by a view that outlived its "
@@ -216,87 +271,134 @@ class ChannelWriter(End):
             assert self._poller is not None
             _stream.wait(self._poller, deadline, f"no free slot (all {self._slots} are in flight)")
 
+    def _settle(self, claim: "list[int]", sent: "list[object]") -> None:
+        """Finish a claim an interrupt cut short: the reader's if its record went, else free."""
+        if sent:
+            self._flight[claim[0]] = 1
+            claim.clear()
+        else:
+            self._free.extend(map(claim.pop, _LAST))
+
     def _collect(self, sock: "_socket.socket") -> None:
-        """Take in every acknowledgement queued now; none are waited for."""
-        acks, have = self._acks, self._have
+        """Take in every acknowledgement queued now; none are waited for.
+
+        Each step leaves the slots' owners known, whatever line an interrupt lands on:
+        what a read returned is in ``_got`` from the C call that read it, and the slots
+        it gave back are in ``_returning`` until they are free (see _take_back).
+        """
+        got, returning = self._got, self._returning
         while True:
-            try:
-                count = _RECV_INTO(sock, memoryview(acks)[have:], 0, DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ECONNRESET:
-                    raise
-                count = 0
-            if not count:
+            if returning:
+                self._give_back(returning)
+            if not got:
+                try:
+                    space = memoryview(self._acks)[self._have :]
+                    got.extend(map(_RECV_INTO, (sock,), (space,), (0,), (DONTWAIT,)))
+                except BlockingIOError:
+                    return
+                except ConnectionResetError:
+                    got.append(0)
+            if not got[0]:
                 raise self._break(
                     BrokenPipeError(errno.EPIPE, f"the reader of {self._name!r} is gone")
                 )
-            have += count
-            whole = have - have % WORD
-            flight, free, slots = self._flight, self._free, self._slots
-            for slot in memoryview(acks)[:whole].cast("Q"):
-                if slot >= slots or not flight[slot]:
-                    raise self._break(
-                        ChannelError(
-                            f"the reader of {self._name!r} gave back slot {slot}, which it "
-                            "does not hold"
-                        )
+            self._take_back(got, returning)
+
+    def _take_back(self, got: "list[int]", returning: "list[int]") -> None:
+        """Check the slots that ``got[0]`` more bytes of acknowledgements give back."""
+        acks = self._acks
+        have = self._have + got[0]
+        whole = have - have % WORD
+        slots = memoryview(acks)[:whole].cast("Q").tolist()
+        flight, limit = self._flight, self._slots
+        seen = set()
+        for slot in slots:
+            if slot >= limit or not flight[slot] or slot in seen:
+                raise self._break(
+                    ChannelError(
+                        f"the reader of {self._name!r} gave back slot {slot}, which it "
+                        "does not hold"
                     )
-                flight[slot] = 0
-                free.append(slot)
-            acks[: have - whole] = acks[whole:have]
-            self._have = have = have - whole
+                )
+            seen.add(slot)
+        # One line and no call (no interrupt can land inside): the numbers leave the
+        # buffer and become the slots to give back.
+        acks[: have - whole], self._have, got[:], returning[:] = (
+            acks[whole:have],
+            have - whole,
+            (),
+            slots,
+        )
+        self._give_back(returning)
+
+    def _give_back(self, returning: "list[int]") -> None:
+        """The slots in ``returning`` are free again (done again after an interrupt: same)."""
+        flight = self._flight
+        for slot in returning:
+            flight[slot] = 0
+        free = self._free
+        free[len(free) :], returning[:] = returning, ()
 
     def _gone(self) -> BaseException:
         return self._break(BrokenPipeError(errno.EPIPE, f"the reader of {self._name!r} is gone"))
 
     def _unpark(self) -> None:
-        keep = []
-        for slot, base in self._parked:
+        """Free the parked slots whose views are gone (each moved in one C call)."""
+        parked = self._parked
+        for index in range(len(parked) - 1, -1, -1):
             try:
-                base.release()
+                parked[index][1].release()
             except BufferError:
-                keep.append((slot, base))
-            else:
-                self._free.append(slot)
-        self._parked[:] = keep
+                continue
+            self._free.extend(map(_FIRST, map(parked.pop, (index,))))
 
 
 @final
 class Reservation:
-    """What :meth:`~anonshm.ChannelWriter.reserve` returns: a ``with`` block around one slot."""
+    """What :meth:`~anonshm.ChannelWriter.reserve` returns: a ``with`` block around one slot.
 
-    __slots__ = ("_base", "_buf", "_size", "_slot", "_timeout", "_writer")
+    While the block runs, its slot is among the writer's parked slots (as one whose
+    view outlived its block): if an interrupt keeps ``__exit__`` from running, the
+    slot is taken back once the block's views are gone, and nothing is sent.
+    """
+
+    __slots__ = ("_buf", "_entry", "_size", "_timeout", "_writer")
 
     def __init__(self, writer: ChannelWriter, size: int, timeout: float | None) -> None:
         self._writer = writer
         self._size = size
         self._timeout = timeout
-        self._slot = -1
-        self._base: memoryview | None = None
+        self._entry: tuple[int, memoryview] | None = None  # (slot, base), in writer._parked
         self._buf: memoryview | None = None
 
     def __enter__(self) -> memoryview:
         writer = self._writer
-        if self._slot >= 0:
+        if self._entry is not None:
             raise ValueError("this reserve() block is already entered")
+        claim = writer._claim
+        if claim:  # a write an interrupt cut short left its slot there
+            writer._settle(claim, writer._sent)
         if writer._mm is None:
             writer._begin()
-        whole = writer._whole
-        assert whole is not None
+        writer._sent.clear()  # what the claim below finds there must be its own
         free = writer._free
-        slot = free.pop() if free else writer._acquire(self._timeout)
+        if free:
+            claim.extend(map(free.pop, _LAST))
+        else:
+            writer._acquire(self._timeout, claim)
         try:
-            start = slot * writer._stride
-            base = whole[start : start + self._size]
+            start = claim[0] * writer._stride
+            base = writer._whole[start : start + self._size]  # type: ignore[index]
             # The view handed out holds an export of `base`: while it, or any view
             # made from it, lives, base.release() is refused (see ChannelReader.view).
             buf = memoryview(PickleBuffer(base))
         except BaseException:
-            free.append(slot)
+            free.extend(map(claim.pop, _LAST))
             raise
-        self._slot, self._base, self._buf = slot, base, buf
+        parked = writer._parked
+        # From the claim to the parked slots, in one C call.
+        parked.extend(zip(map(claim.pop, _LAST), (base,), strict=True))
+        self._entry, self._buf = parked[-1], buf
         return buf
 
     async def __aenter__(self) -> memoryview:
@@ -323,36 +425,48 @@ class Reservation:
         exc: BaseException | None,
         tb: "TracebackType | None",
     ) -> None:
-        writer, slot, base, buf = self._writer, self._slot, self._base, self._buf
-        if slot < 0 or base is None or buf is None:
+        writer, entry, buf = self._writer, self._entry, self._buf
+        if entry is None:
             return
-        self._slot, self._base, self._buf = -1, None, None
+        self._entry = self._buf = None
+        if buf is not None:
+            try:
+                buf.release()
+            except BufferError:
+                pass  # a consumer holds an export of it: base.release() below says so
+        del buf
         try:
-            buf.release()
-        except BufferError:
-            pass  # a consumer holds an export of it: base.release() below says so
-        try:
-            base.release()
-        except BufferError:
-            writer._parked.append((slot, base))
+            entry[1].release()
+        except BufferError:  # left parked: taken back once the views are gone
             if exc_type is None:
                 raise BufferError(
                     "a view of the reserved buffer outlives the reserve() block, so the "
                     "message was not sent; the slot is used again once that view is gone"
                 ) from None
             return
-        if exc_type is not None:
-            writer._free.append(slot)
+        parked = writer._parked
+        if exc_type is not None:  # nothing is sent: the slot is free again
+            writer._free.extend(map(_FIRST, map(parked.pop, (parked.index(entry),))))
             return
-        # The record, as write() sends it.
-        writer._flight[slot] = 1
-        try:
+        claim, sent = writer._claim, writer._sent
+        if claim:
+            writer._settle(claim, sent)
+        sent.clear()
+        claim.extend(map(_FIRST, map(parked.pop, (parked.index(entry),))))
+        slot = claim[0]
+        try:  # the record, as write() sends it
             if _GETSIGNAL(_SIGPIPE) == _SIG_IGN:
-                _WRITE(writer._pipe, _RECORD(slot, self._size))
+                sent.extend(map(_WRITE, (writer._pipe,), (_RECORD(slot, self._size),)))
             else:
-                _stream.write_without_sigpipe(writer._pipe, _RECORD(slot, self._size))
+                sent.extend(map(_NO_SIGPIPE, (writer._pipe,), (_RECORD(slot, self._size),)))
         except BrokenPipeError:
             raise writer._gone() from None
+        finally:
+            writer._settle(claim, sent)
+
+
+def _map_writable(fd: int, size: int) -> "tuple[mmap.mmap, memoryview]":
+    return _unix.map(fd, 0, size, READ_WRITE, populate=False, hugepages=False)
 
 
 def _contiguous(data: object) -> memoryview:

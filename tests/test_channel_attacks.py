@@ -1,7 +1,8 @@
 """An attacker's review of channels: a hostile writer, a hostile reader, a careless application.
 
-Each test marked ``xfail(strict=True)`` reproduces a defect found in review (the report
-on branch ``chanattack`` describes its fix); the others keep coverage of what held.
+Each test here either reproduced a defect found in review, fixed since (the closing note
+of issue 12 lists them), or keeps coverage of what held; the two marked ``xfail`` under
+the posix backend show what that backend cannot enforce without seals (README, Safety).
 A hostile writer is played by hand: a reader end is built from a raw socket
 (``ChannelReader._own``) after a geometry is written into its peer, and the test sends
 the hello, the descriptors and the records itself.
@@ -265,7 +266,6 @@ def test_descriptors_sent_later_on_the_socket_are_never_taken(fds_kept: None) ->
         peer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="read() after a protocol error serves queued records")
 def test_after_a_protocol_error_no_queued_record_is_served(fds_kept: None) -> None:
     reader, peer = hostile_reader()
     fd, readonly = sealed_memfd(freeze=False)
@@ -289,7 +289,6 @@ def test_after_a_protocol_error_no_queued_record_is_served(fds_kept: None) -> No
 
 
 @pytest.mark.skipif(POSIX, reason="the posix backend has no seals: see the next test")
-@pytest.mark.xfail(strict=True, reason="the refusal names receive(allow_resizable=True)")
 def test_an_unsealed_memory_is_refused_without_naming_receive(fds_kept: None) -> None:
     reader, peer = hostile_reader()
     sent, kept = _parts("unsealed")
@@ -371,7 +370,6 @@ def test_a_hostile_reader_gets_a_clear_error(fds_kept: None, acks: bytes, error:
         _close_received(peer)
 
 
-@pytest.mark.xfail(strict=True, reason="the writer writes on after a protocol error")
 def test_a_writer_stays_broken_after_a_protocol_error(fds_kept: None) -> None:
     writer, peer = hostile_writer()
     with writer, peer:
@@ -559,7 +557,6 @@ def test_views_outlive_close_without_a_crash() -> None:
     part.release()
 
 
-@pytest.mark.xfail(strict=True, reason="a closed reader keeps its map while it lives")
 def test_a_closed_reader_unmaps_once_its_views_are_gone() -> None:
     maps = mapping_lines()
     reader, writer = channel(SLOT, slots=2)
@@ -572,7 +569,6 @@ def test_a_closed_reader_unmaps_once_its_views_are_gone() -> None:
     assert mapping_lines() == maps  # today the reader object holds the slot's view
 
 
-@pytest.mark.xfail(strict=True, reason="read() of a closed reader with records queued")
 def test_a_closed_reader_reads_nothing_even_with_records_queued() -> None:
     reader, writer = channel(64, slots=4)
     with writer:
@@ -584,7 +580,6 @@ def test_a_closed_reader_reads_nothing_even_with_records_queued() -> None:
             reader.read()  # today: AssertionError
 
 
-@pytest.mark.xfail(strict=True, reason="a writer whose every slot is parked waits for ever")
 def test_a_writer_whose_slots_are_all_parked_says_so() -> None:
     reader, writer = channel(64, slots=2)
     kept = []
@@ -600,9 +595,6 @@ def test_a_writer_whose_slots_are_all_parked_says_so() -> None:
         kept.clear()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="fileno() of a started reader is not readable when a message is queued"
-)
 def test_the_readers_fileno_is_readable_when_a_message_is_queued() -> None:
     reader, writer = channel(64, slots=4)
     with reader, writer:
@@ -752,6 +744,13 @@ def _still_whole(reader: ChannelReader, writer: ChannelWriter) -> str | None:
         for _ in range(SLOTS):
             assert reader.read(timeout=0.1) == b"z"
     except (OSError, AssertionError, ChannelError, EOFError) as exc:
+        # Refused clearly also counts as whole: where an interrupt lands after a system
+        # call that hands something over and before the bookkeeping of it (the reader's
+        # first message, acknowledgements being taken back), the end that was
+        # interrupted breaks for good saying so, and its peer then sees it gone.
+        said = [str(end._broken) for end in (reader, writer) if end._broken is not None]
+        if any("interrupted" in text for text in [*said, str(exc)]):
+            return None
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -782,66 +781,18 @@ def _each_line_of(prep: Step, step: Step) -> list[str]:
     raise AssertionError("never ran to the end")
 
 
-_DESYNC = "Ctrl-C leaves the channel out of step, a slot lost, or descriptors leaked"
-
-
 @pytest.mark.parametrize(
     ("prep", "step"),
     [
-        pytest.param(
-            _prep_nothing,
-            _write,
-            id="first-write",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_warm,
-            _write,
-            id="later-write",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_full,
-            _write,
-            id="write-waiting-for-acks",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_nothing,
-            _reserve,
-            id="first-reserve",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_warm,
-            _reserve,
-            id="later-reserve",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_queued,
-            _read,
-            id="first-read",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_warm_queued,
-            _read,
-            id="later-read",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_queued,
-            _view,
-            id="first-view",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
-        pytest.param(
-            _prep_warm_queued,
-            _view,
-            id="later-view",
-            marks=pytest.mark.xfail(strict=True, reason=_DESYNC),
-        ),
+        pytest.param(_prep_nothing, _write, id="first-write"),
+        pytest.param(_prep_warm, _write, id="later-write"),
+        pytest.param(_prep_full, _write, id="write-waiting-for-acks"),
+        pytest.param(_prep_nothing, _reserve, id="first-reserve"),
+        pytest.param(_prep_warm, _reserve, id="later-reserve"),
+        pytest.param(_prep_queued, _read, id="first-read"),
+        pytest.param(_prep_warm_queued, _read, id="later-read"),
+        pytest.param(_prep_queued, _view, id="first-view"),
+        pytest.param(_prep_warm_queued, _view, id="later-view"),
     ],
 )
 def test_ctrl_c_at_every_line_leaves_the_channel_whole(prep: Step, step: Step) -> None:
