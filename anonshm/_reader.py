@@ -192,7 +192,8 @@ class ChannelReader(End):
 
         Raises:
             ValueError: the message is longer than ``buffer``; it is not consumed.
-            The others as :meth:`read`.
+            EOFError: as :meth:`read`, and so are ``TimeoutError``, ``BufferError`` and
+                ``ChannelError``.
 
         Example:
             >>> from anonshm import channel
