@@ -22,6 +22,7 @@ POSIX_ONLY = {
     "tests/test_aio.py": "Unix sockets (SCM_RIGHTS), uvloop",
     "tests/test_aio_channel.py": "channels (Unix sockets), uvloop",
     "tests/test_channel.py": "channels (Unix sockets); tests/windows asserts the refusal",
+    "tests/test_channel_attacks.py": "channels (Unix sockets); tests/windows asserts the refusal",
     "tests/test_concurrency.py": "children inheriting through pass_fds, counted in /proc",
     "tests/test_crash.py": "SIGKILL trials, holders found in /proc",
     "tests/test_for_child.py": "the POSIX options (pass_fds); tests/windows has Windows'",

@@ -755,16 +755,11 @@ def _still_whole(reader: ChannelReader, writer: ChannelWriter) -> str | None:
     return None
 
 
-# Each walks every line of a call, hundreds for a first write (memory creation, the
-# seal, the hello): CI runs them once, with -m slow; later-write stays in every run.
-_SLOW = pytest.mark.slow
-
-
 def _each_line_of(prep: Step, step: Step) -> list[str]:
     problems = []
+    gc.collect()
+    before = open_fds()
     for line in range(1, MAX_LINES):
-        gc.collect()
-        before = open_fds()
         reader, writer = channel(64, slots=SLOTS)
         prep(reader, writer)
         fired, _ = run_interrupted_at(
@@ -777,8 +772,10 @@ def _each_line_of(prep: Step, step: Step) -> list[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             del reader, writer
-            gc.collect()
-        leaked = open_fds() - before
+            leaked = open_fds() - before
+            if leaked:  # perhaps only garbage not collected yet: a collection, then look
+                gc.collect()
+                leaked = open_fds() - before
         if problem or leaked:
             problems.append(f"at {at}: {problem or ''} {'leaked ' + str(leaked) if leaked else ''}")
         if not fired:
@@ -789,15 +786,15 @@ def _each_line_of(prep: Step, step: Step) -> list[str]:
 @pytest.mark.parametrize(
     ("prep", "step"),
     [
-        pytest.param(_prep_nothing, _write, id="first-write", marks=_SLOW),
+        pytest.param(_prep_nothing, _write, id="first-write"),
         pytest.param(_prep_warm, _write, id="later-write"),
-        pytest.param(_prep_full, _write, id="write-waiting-for-acks", marks=_SLOW),
-        pytest.param(_prep_nothing, _reserve, id="first-reserve", marks=_SLOW),
-        pytest.param(_prep_warm, _reserve, id="later-reserve", marks=_SLOW),
-        pytest.param(_prep_queued, _read, id="first-read", marks=_SLOW),
-        pytest.param(_prep_warm_queued, _read, id="later-read", marks=_SLOW),
-        pytest.param(_prep_queued, _view, id="first-view", marks=_SLOW),
-        pytest.param(_prep_warm_queued, _view, id="later-view", marks=_SLOW),
+        pytest.param(_prep_full, _write, id="write-waiting-for-acks"),
+        pytest.param(_prep_nothing, _reserve, id="first-reserve"),
+        pytest.param(_prep_warm, _reserve, id="later-reserve"),
+        pytest.param(_prep_queued, _read, id="first-read"),
+        pytest.param(_prep_warm_queued, _read, id="later-read"),
+        pytest.param(_prep_queued, _view, id="first-view"),
+        pytest.param(_prep_warm_queued, _view, id="later-view"),
     ],
 )
 def test_ctrl_c_at_every_line_leaves_the_channel_whole(prep: Step, step: Step) -> None:
