@@ -52,7 +52,6 @@ __all__ = [
     "WRITER",
     "Poll",
     "check_geometry",
-    "consume",
     "geometry",
     "peek_geometry",
     "stride",
@@ -132,7 +131,7 @@ def peek_geometry(sock: "_socket.socket", role: bytes, what: str) -> tuple[int, 
     """``(slot_size, slots, name, length)`` of the geometry queued first on ``sock``.
 
     Peeked, not consumed: an end handed on before it is used leaves the geometry for
-    its next holder; :func:`consume` takes its ``length`` bytes when the end starts.
+    its next holder; the end takes its ``length`` bytes when it starts (``End._start``).
     ``channel()`` wrote it before the end could go anywhere, so it is queued already:
     nothing is waited for, and a socket without it is not a channel's.
     """
@@ -157,18 +156,6 @@ def peek_geometry(sock: "_socket.socket", role: bytes, what: str) -> tuple[int, 
     except (UnicodeDecodeError, ValueError) as exc:
         raise ChannelError(f"{what} has a bad geometry: {exc}") from None
     return slot_size, slots, name, end
-
-
-def consume(sock: "_socket.socket", count: int, what: str) -> None:
-    """Take the ``count`` bytes of the geometry that :func:`peek_geometry` saw."""
-    while count:
-        try:
-            chunk = sock.recv(count, DONTWAIT)
-        except BlockingIOError:
-            chunk = b""
-        if not chunk:
-            raise ChannelError(f"{what}: another process took this end's geometry first")
-        count -= len(chunk)
 
 
 def wait(poller: "Poll", deadline: float | None, what: str) -> None:
