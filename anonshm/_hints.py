@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
     from types import ModuleType
 
-__all__ = ["TRIGGERS", "find_spec", "join"]
+__all__ = ["TRIGGERS", "find_elsewhere", "find_spec", "join"]
 
 # The modules whose functions evaluate annotations: loading one binds the names.
 TRIGGERS = frozenset({"annotationlib", "inspect", "typing"})
@@ -152,22 +152,21 @@ class _BindingLoader:
         _bind_all()
 
 
-_resolving: "set[int]" = set()  # threads inside find_spec right now
+_resolving: "set[int]" = set()  # threads inside find_elsewhere right now
 
 
-def find_spec(
+def find_elsewhere(
     fullname: str, path: "Sequence[str] | None", target: "ModuleType | None" = None
 ) -> "ModuleSpec | None":
-    """The spec of a trigger module, its loader wrapped to bind the names after it runs.
+    """The spec the other finders give ``fullname``, as the import system would have.
 
-    Called by the import hook in ``anonshm/__init__.py`` for the ``TRIGGERS`` (a reload
-    binds again).  It asks the other finders, as the import system would have, and
-    only wraps the loader they return; with no spec, or a loader it cannot wrap, it
-    steps aside, and annotations stay unevaluable as they were without anonshm's help.
+    The search of both import hooks (this module's, and the reducer's in
+    ``_multiprocessing``), which then wrap the loader it returns.  A finder that asks
+    the meta path again meets None; anonshm's own hook (any copy of it) is skipped.
     """
     thread = get_ident()
     if thread in _resolving:
-        return None  # a finder that asks the meta path again meets None
+        return None
     _resolving.add(thread)
     try:
         for finder in sys.meta_path:
@@ -178,9 +177,23 @@ def find_spec(
             find = getattr(finder, "find_spec", None)
             spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
             if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _BindingLoader(spec.loader)  # type: ignore[assignment]
                 return spec
         return None
     finally:
         _resolving.discard(thread)
+
+
+def find_spec(
+    fullname: str, path: "Sequence[str] | None", target: "ModuleType | None" = None
+) -> "ModuleSpec | None":
+    """The spec of a trigger module, its loader wrapped to bind the names after it runs.
+
+    Called by the import hook in ``anonshm/__init__.py`` for the ``TRIGGERS`` (a reload
+    binds again).  Only the loader the other finders return is wrapped; with no spec,
+    or a loader it cannot wrap, it steps aside, and annotations stay unevaluable as
+    they were without anonshm's help.
+    """
+    spec = find_elsewhere(fullname, path, target)
+    if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+        spec.loader = _BindingLoader(spec.loader)  # type: ignore[assignment]
+    return spec

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import sys
-from _thread import get_ident
 
 from ._backend import take
 from ._errors import TokenError
+from ._hints import find_elsewhere
 from ._holder import Pending, close_all
 from ._memory import AnonymousMemory
 from ._wire import READ_WRITE, check_protection
@@ -125,9 +125,6 @@ class _RegisteringLoader:
         self._register(module)
 
 
-_resolving: set[int] = set()  # threads inside find_spec right now
-
-
 def find_spec(
     fullname: str,
     path: Sequence[str] | None,
@@ -139,28 +136,13 @@ def find_spec(
 
     Called by the import hook in ``anonshm/__init__.py`` for that one module, every time
     it loads (a reload registers again); and by ``_loky`` for the modules of the other
-    picklers it teaches, with their ``register``.  It asks the other finders, as the import
-    system would have, and only wraps the loader they return.  With no spec, or a
+    picklers it teaches, with their ``register``.  It asks the other finders
+    (``_hints.find_elsewhere``) and only wraps the loader they return.  With no spec, or a
     loader it cannot wrap, it steps aside and the import proceeds untouched: the
     reducer is then not registered, and pickling a memory stays the clear
     ``TypeError`` of plain pickle.
     """
-    thread = get_ident()
-    if thread in _resolving:
-        return None  # a finder that asks the meta path again meets None
-    _resolving.add(thread)
-    try:
-        for finder in sys.meta_path:
-            # Recognised by this mark, not by class: a second copy of the hook (anonshm
-            # imported afresh) must never be asked back.
-            if getattr(finder, "anonshm_reducer_hook", False):
-                continue
-            find = getattr(finder, "find_spec", None)
-            spec: ModuleSpec | None = None if find is None else find(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _RegisteringLoader(spec.loader, register)  # type: ignore[assignment]
-                return spec
-        return None
-    finally:
-        _resolving.discard(thread)
+    spec = find_elsewhere(fullname, path, target)
+    if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+        spec.loader = _RegisteringLoader(spec.loader, register)  # type: ignore[assignment]
+    return spec
